@@ -1,0 +1,46 @@
+"""Exceptions raised by zchunk.
+
+Every error a user can cause derives from :class:`ZChunkError`; each subclass also inherits the
+builtin exception that describes it best, so ``except ValueError`` keeps working. The CLI prints a
+``ZChunkError`` as one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkingError",
+    "CorruptDataError",
+    "InputChangedError",
+    "OutputExistsError",
+    "SourceNotFoundError",
+    "StackFormatError",
+    "ZChunkError",
+]
+
+
+class ZChunkError(Exception):
+    """Base class of every error zchunk raises on purpose."""
+
+
+class SourceNotFoundError(ZChunkError, FileNotFoundError):
+    """The input path, folder or glob does not exist or matches nothing."""
+
+
+class StackFormatError(ZChunkError, ValueError):
+    """The input is not a readable image stack (not a TIFF, mismatched files, bad axes...)."""
+
+
+class CorruptDataError(StackFormatError):
+    """The input is damaged: truncated, missing pages or chunks, undecodable data."""
+
+
+class InputChangedError(ZChunkError, RuntimeError):
+    """An input file changed on disk between opening the stack and reading it."""
+
+
+class ChunkingError(ZChunkError, ValueError):
+    """The chunk layout does not allow the operation (e.g. the reduced axis is split)."""
+
+
+class OutputExistsError(ZChunkError, FileExistsError):
+    """The output exists and ``overwrite`` was not given, or the output would replace an input."""

@@ -1,0 +1,183 @@
+"""The Stack: a lazy dask array with named axes and physical calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+
+from zchunk.errors import StackFormatError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["AXIS_ORDER", "Stack", "normalize_unit"]
+
+#: Axis letters zchunk knows, in the canonical order of OME-Zarr.
+AXIS_ORDER = "tczyx"
+
+_UNIT_ALIASES = {
+    "um": "micrometer",
+    "µm": "micrometer",  # noqa: RUF001 - micro sign, as written by ImageJ
+    "μm": "micrometer",  # Greek mu
+    "\\u00b5m": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "micrometre": "micrometer",
+    "micrometer": "micrometer",
+    "nm": "nanometer",
+    "nanometre": "nanometer",
+    "nanometer": "nanometer",
+    "mm": "millimeter",
+    "millimetre": "millimeter",
+    "millimeter": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "meter": "meter",
+    "s": "second",
+    "sec": "second",
+    "second": "second",
+    "seconds": "second",
+    "ms": "millisecond",
+    "millisecond": "millisecond",
+    "min": "minute",
+    "minute": "minute",
+    "h": "hour",
+    "hour": "hour",
+}
+
+_UNKNOWN_UNITS = {"", "pixel", "pixels", "px", "none"}
+
+
+def normalize_unit(unit: str | None) -> str | None:
+    """Return the OME-Zarr (UDUNITS) name of a unit string, or None when unknown.
+
+    Examples
+    --------
+    >>> normalize_unit("micron"), normalize_unit("µm"), normalize_unit("pixel")
+    ('micrometer', 'micrometer', None)
+    """
+    if unit is None:
+        return None
+    key = unit.strip()
+    if key.lower() in _UNKNOWN_UNITS:
+        return None
+    return _UNIT_ALIASES.get(key, _UNIT_ALIASES.get(key.lower(), key))
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """A lazy image stack: a dask array plus axis names and calibration.
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        The pixels; for projections the reduced axis must be one chunk.
+    axes : str
+        One distinct letter of ``"tczyx"`` per dimension, in the order of `data`.
+    scale : tuple of float or None
+        Physical size of one pixel along each axis (the frame interval for t); ``None``
+        where unknown. ``()`` means unknown everywhere.
+    units : tuple of str or None
+        Unit of each entry of `scale` (``"micrometer"``, ``"second"``...); ``()`` means unknown.
+    name : str
+        A short label (the file name), used in messages and metadata.
+    attrs : Mapping
+        Free-form metadata: ``channel_names``, ``source``, ``layout``...
+
+    Examples
+    --------
+    >>> s = Stack(da.zeros((3, 4, 5), dtype="uint16"), scale=(2.0, 0.5, 0.5))
+    >>> s.axes, s.sizes["z"], s.units
+    ('zyx', 3, (None, None, None))
+    """
+
+    data: da.Array
+    axes: str = ""
+    scale: tuple[float | None, ...] = ()
+    units: tuple[str | None, ...] = ()
+    name: str = ""
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if isinstance(data, np.ndarray):
+            data = da.from_array(data)
+            object.__setattr__(self, "data", data)
+        if not isinstance(data, da.Array):
+            msg = f"Stack.data must be a dask or numpy array, not {type(data).__name__}"
+            raise TypeError(msg)
+        axes = self.axes or default_axes(data.ndim)
+        if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(AXIS_ORDER):
+            msg = (
+                f"axes={axes!r} does not fit an array of {data.ndim} dimensions: "
+                f"give one distinct letter of {AXIS_ORDER!r} per dimension"
+            )
+            raise StackFormatError(msg)
+        object.__setattr__(self, "axes", axes)
+        object.__setattr__(self, "scale", _per_axis(self.scale, data.ndim, "scale"))
+        object.__setattr__(self, "units", _per_axis(self.units, data.ndim, "units"))
+        for value in self.scale:
+            if value is not None and not (np.isfinite(value) and value > 0):
+                msg = f"scale must hold positive finite pixel sizes or None, got {self.scale}"
+                raise ValueError(msg)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the data."""
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Data type of the pixels."""
+        return np.dtype(self.data.dtype)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Length of each axis, by letter."""
+        return dict(zip(self.axes, self.shape, strict=True))
+
+    def axis(self, letter: str) -> int:
+        """Index of axis `letter` in `data`; raise StackFormatError naming the axes there are."""
+        if letter not in self.axes:
+            msg = f"axis {letter!r} is not in this stack, whose axes are {self.axes!r}"
+            raise StackFormatError(msg)
+        return self.axes.index(letter)
+
+    def replace(self, **changes: Any) -> Stack:
+        """Return a copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def drop_axis(self, letter: str, data: da.Array) -> Stack:
+        """Return a Stack holding `data`, which is this stack with axis `letter` reduced away."""
+        i = self.axis(letter)
+        keep = [j for j in range(len(self.axes)) if j != i]
+        return Stack(
+            data,
+            axes=self.axes.replace(letter, ""),
+            scale=tuple(self.scale[j] for j in keep),
+            units=tuple(self.units[j] for j in keep),
+            name=self.name,
+            attrs=dict(self.attrs),
+        )
+
+
+def default_axes(ndim: int) -> str:
+    """Axes assumed when nothing says otherwise: yx, zyx, tzyx, tczyx."""
+    if not 2 <= ndim <= 5:
+        msg = f"cannot guess the axes of a {ndim}-D array: pass axes= (letters of 'tczyx')"
+        raise StackFormatError(msg)
+    return {2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}[ndim]
+
+
+def _per_axis(values: tuple[Any, ...], ndim: int, what: str) -> tuple[Any, ...]:
+    values = tuple(values)
+    if not values:
+        return (None,) * ndim
+    if len(values) != ndim:
+        msg = f"{what} has {len(values)} entries for {ndim} axes: give one per axis or ()"
+        raise ValueError(msg)
+    return values
