@@ -1,0 +1,234 @@
+"""The chunk planner: which block of a stack one dask task holds.
+
+Pure integer arithmetic, no dask: from the shape, the itemsize, the file layout (strip or tile
+height, tile width) and a memory budget, choose a chunk shape that holds
+
+* the whole reduced axis (z by default, t for time projections), so reductions and filters
+  along it never need data from another chunk;
+* 1 along the other non-spatial axes (t, c);
+* a band of y rows aligned to the file's strips or tiles, so no stored segment is decoded by two
+  tasks; and all of x, unless even one aligned band is over budget (then x is split, aligned to
+  the tile width for tiled files).
+
+The budget holds when ``chunk bytes x workers x 3`` (input block, working copy, output) plus one
+decoded segment per worker stays under it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import psutil
+
+__all__ = ["ChunkPlan", "default_memory_limit", "format_bytes", "parse_memory", "plan_chunks"]
+
+#: Blocks in flight per worker thread: the block read, a working copy, the result.
+COPIES_PER_WORKER = 3
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_memory(value: int | str) -> int:
+    """Return a byte count from ``"2GiB"``, ``"500 MB"``, ``"1.5g"`` or an int.
+
+    Raises
+    ------
+    ValueError
+        If the text is not a positive size.
+
+    Examples
+    --------
+    >>> parse_memory("2GiB"), parse_memory("500MB"), parse_memory(4096)
+    (2147483648, 500000000, 4096)
+    """
+    if isinstance(value, bool):
+        msg = f"memory limit must be a size like '2GiB', not {value!r}"
+        raise ValueError(msg)
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            msg = f"memory limit {value!r} is not a size: write e.g. '2GiB', '512MB' or 1073741824"
+            raise ValueError(msg)
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        msg = f"memory limit must be positive, got {value!r}"
+        raise ValueError(msg)
+    return n
+
+
+def format_bytes(n: float) -> str:
+    """Return a short human size, binary units.
+
+    Examples
+    --------
+    >>> format_bytes(3 * 1024**3), format_bytes(1536), format_bytes(12)
+    ('3.0 GiB', '1.5 KiB', '12 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def default_memory_limit() -> int:
+    """The default budget: the smaller of 1 GiB and a quarter of the machine's RAM."""
+    return int(min(1024**3, psutil.virtual_memory().total // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """A chunk shape and what it costs.
+
+    Attributes
+    ----------
+    chunks : tuple of int
+        Chunk shape, one entry per axis.
+    tasks : int
+        Number of chunks covering the array.
+    chunk_bytes : int
+        Bytes of the largest chunk.
+    memory_estimate : int
+        Expected peak of working memory: chunk bytes x workers x 3 plus one decoded
+        segment per worker.
+    budget : int
+        The memory budget the plan was made for.
+    workers : int
+        Worker threads assumed.
+    fits : bool
+        False when even the smallest aligned chunk is over budget (see `note`).
+    note : str
+        Why the plan looks the way it does, for ``zchunk info``.
+    """
+
+    chunks: tuple[int, ...]
+    tasks: int
+    chunk_bytes: int
+    memory_estimate: int
+    budget: int
+    workers: int
+    fits: bool
+    note: str = ""
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def plan_chunks(
+    shape: tuple[int, ...],
+    axes: str,
+    itemsize: int,
+    *,
+    budget: int,
+    workers: int,
+    whole: str = "z",
+    y_align: int = 1,
+    x_align: int | None = None,
+    segment_bytes: int = 0,
+) -> ChunkPlan:
+    """Plan chunks holding the whole `whole` axes and a budget-sized band of y (and x).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape.
+    axes : str
+        Axis letters of `shape`, containing ``"y"`` and ``"x"`` as the last two.
+    itemsize : int
+        Bytes per pixel.
+    budget : int
+        Memory budget in bytes for all workers together.
+    workers : int
+        Number of worker threads computing chunks at once.
+    whole : str
+        Axes kept whole in every chunk (``"z"``; ``""`` for none). Letters not in `axes` are
+        ignored.
+    y_align : int
+        Band heights are multiples of this (the strip or tile height), except the last band.
+    x_align : int or None
+        x may be split into multiples of this (1 for uncompressed data, the tile width for tiled
+        files); None means x is never split (compressed strips decode whole rows).
+    segment_bytes : int
+        Bytes of one decoded stored segment (strip or tile), held once per worker while decoding.
+
+    Returns
+    -------
+    ChunkPlan
+
+    Examples
+    --------
+    >>> p = plan_chunks((100, 2048, 2048), "zyx", 2, budget=2**30, workers=2)
+    >>> p.chunks, p.tasks, p.fits
+    ((100, 410, 2048), 5, True)
+    """
+    if axes[-2:] != "yx" or len(axes) != len(shape):
+        msg = f"axes {axes!r} must match shape {shape} and end with 'yx'"
+        raise ValueError(msg)
+    if budget <= 0 or workers <= 0 or itemsize <= 0 or y_align <= 0:
+        msg = "budget, workers, itemsize and y_align must be positive"
+        raise ValueError(msg)
+    height, width = shape[-2], shape[-1]
+    y_align = min(y_align, max(height, 1))
+    x_step = min(x_align, max(width, 1)) if x_align else width
+    lead = [n if a in whole else 1 for a, n in zip(axes[:-2], shape[:-2], strict=True)]
+    lead_bytes = math.prod(lead) * itemsize
+    per_task = (budget - workers * segment_bytes) // (workers * COPIES_PER_WORKER)
+    notes = []
+
+    max_rows = per_task // max(lead_bytes * width, 1)
+    if max_rows >= min(y_align, height) or height == 0:
+        band_cap = height if max_rows >= height else (max_rows // y_align) * y_align
+        nbands = max(math.ceil(height / max(band_cap, 1)), min(workers, math.ceil(height / y_align)))
+        band = min(height, _round_up(math.ceil(height / max(nbands, 1)), y_align))
+        cols = width
+        fits = True
+    else:
+        band = y_align
+        max_cols = per_task // max(lead_bytes * band, 1)
+        cols = min(width, max(x_step, (max_cols // x_step) * x_step))
+        fits = cols * lead_bytes * band <= per_task
+        if cols < width:
+            notes.append("x is split: one full-width band is over budget")
+        if not fits:
+            notes.append(
+                f"the smallest aligned chunk ({band} rows x {cols} columns x whole "
+                f"{whole or 'nothing'}) is over budget"
+            )
+    if segment_bytes and y_align > 1 and y_align >= height:
+        notes.append("pages are single stored strips: every band is a whole page")
+    chunks = (*lead, max(band, 1), max(cols, 1))
+    tasks = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True) if n)
+    chunk_bytes = math.prod(chunks) * itemsize
+    estimate = chunk_bytes * workers * COPIES_PER_WORKER + workers * segment_bytes
+    fits = fits and estimate <= budget
+    return ChunkPlan(
+        chunks=chunks,
+        tasks=tasks,
+        chunk_bytes=chunk_bytes,
+        memory_estimate=estimate,
+        budget=budget,
+        workers=workers,
+        fits=fits,
+        note="; ".join(notes),
+    )

@@ -1,0 +1,103 @@
+"""``zchunk.info``: what a stack is, how it is stored, and how it will be read."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from zchunk.chunking import format_bytes
+
+if TYPE_CHECKING:
+    from zchunk.stack import Stack
+
+__all__ = ["format_info", "info"]
+
+
+def info(stack: Stack, /) -> dict[str, Any]:
+    """Describe a stack: sizes, dtype, calibration, storage layout and chunk plan.
+
+    Parameters
+    ----------
+    stack : Stack
+        An opened stack.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``shape, axes, dtype, planes, size_x, size_y, size_z, size_t, size_c,
+        scale, units, layout, chunks, tasks, memory_estimate_bytes`` and more.
+
+    Examples
+    --------
+    >>> d = info(Stack(da.zeros((5, 8, 9), dtype="uint8", chunks=(5, 4, 9))))
+    >>> d["planes"], d["size_x"], d["size_y"], d["chunks"]
+    (5, 9, 8, [5, 4, 9])
+    """
+    sizes = stack.sizes
+    plan = dict(stack.attrs.get("plan", {}))
+    chunks = [max(c) if c else 0 for c in stack.data.chunks]
+    tasks = math.prod(len(c) for c in stack.data.chunks)
+    chunk_bytes = math.prod(chunks) * stack.dtype.itemsize
+    estimate = plan.get("memory_estimate_bytes")
+    return {
+        "name": stack.name,
+        "source": stack.attrs.get("source"),
+        "shape": list(stack.shape),
+        "axes": stack.axes,
+        "dtype": str(stack.dtype),
+        "planes": math.prod(stack.shape[:-2]) if stack.data.ndim > 2 else 1,
+        "size_x": sizes.get("x", 1),
+        "size_y": sizes.get("y", 1),
+        "size_z": sizes.get("z", 1),
+        "size_t": sizes.get("t", 1),
+        "size_c": sizes.get("c", 1),
+        "scale": {a: s for a, s in zip(stack.axes, stack.scale, strict=True) if s is not None},
+        "units": {a: u for a, u in zip(stack.axes, stack.units, strict=True) if u is not None},
+        "channel_names": list(stack.attrs.get("channel_names", ())),
+        "nbytes": int(stack.data.nbytes),
+        "layout": dict(stack.attrs.get("layout", {})),
+        "chunks": chunks,
+        "tasks": tasks,
+        "chunk_bytes": chunk_bytes,
+        "memory_limit_bytes": plan.get("memory_limit_bytes"),
+        "memory_estimate_bytes": estimate if estimate is not None else 3 * chunk_bytes,
+        "workers": plan.get("workers"),
+        "plan_fits_budget": plan.get("fits", True),
+        "plan_note": plan.get("note", ""),
+    }
+
+
+def format_info(d: dict[str, Any]) -> str:
+    """Render :func:`info` as text for people."""
+    axes = d["axes"]
+    lines = [
+        f"{d['name'] or 'stack'}: {d['planes']} images of {d['size_x']} x {d['size_y']} pixels "
+        f"(x, y), {d['dtype']}",
+        f"  axes {axes}, shape {tuple(d['shape'])}, {format_bytes(d['nbytes'])}",
+        "  " + ", ".join(f"{a.upper()}={n}" for a, n in zip(axes, d["shape"], strict=True)),
+    ]
+    if d["scale"]:
+        cal = ", ".join(
+            f"{a}: {v:g} {d['units'].get(a, '(unit unknown)')}" for a, v in d["scale"].items()
+        )
+        lines.append(f"  pixel size {cal}")
+    else:
+        lines.append("  pixel size unknown")
+    if d["channel_names"]:
+        lines.append(f"  channels {', '.join(d['channel_names'])}")
+    layout = d["layout"]
+    if layout:
+        facts = ", ".join(f"{k} {v}" for k, v in layout.items() if k != "stored_bytes")
+        lines.append(f"  storage: {facts}")
+    lines.append(
+        f"  chunks {tuple(d['chunks'])} ({format_bytes(d['chunk_bytes'])} each), {d['tasks']} tasks"
+    )
+    if d["memory_limit_bytes"]:
+        lines.append(
+            f"  memory: about {format_bytes(d['memory_estimate_bytes'])} with {d['workers']} "
+            f"workers, budget {format_bytes(d['memory_limit_bytes'])}"
+            + ("" if d["plan_fits_budget"] else "  (OVER BUDGET)")
+        )
+    if d["plan_note"]:
+        lines.append(f"  note: {d['plan_note']}")
+    return "\n".join(lines)

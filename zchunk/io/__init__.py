@@ -1,0 +1,299 @@
+"""Open image stacks lazily: TIFF files, folders of TIFFs, zarr and OME-Zarr, arrays."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+
+from zchunk.chunking import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
+from zchunk.errors import SourceNotFoundError, StackFormatError
+from zchunk.io import _tiff, _zarr
+from zchunk.io._blocks import blocks_array
+from zchunk.stack import Stack, default_axes
+
+if TYPE_CHECKING:
+    from zchunk._types import MemoryLike, SourceLike
+
+__all__ = ["default_workers", "natural_key", "open", "plan_for"]
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+
+
+def natural_key(path: str) -> list[Any]:
+    """Sort key putting ``z2`` before ``z10``.
+
+    Examples
+    --------
+    >>> sorted(["z10.tif", "z2.tif", "z1.tif"], key=natural_key)
+    ['z1.tif', 'z2.tif', 'z10.tif']
+    """
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def default_workers() -> int:
+    """Worker threads dask's threaded scheduler uses here (its pool size)."""
+    import dask
+
+    n = dask.config.get("num_workers", None)
+    return int(n) if n else max(1, len(os.sched_getaffinity(0)))
+
+
+def _budget(memory_limit: MemoryLike) -> int:
+    return default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
+
+
+def plan_for(
+    shape: tuple[int, ...],
+    axes: str,
+    dtype: np.dtype[Any],
+    *,
+    memory_limit: MemoryLike = None,
+    workers: int | None = None,
+    whole: str = "z",
+    y_align: int = 1,
+    x_align: int | None = 1,
+    segment_bytes: int = 0,
+) -> ChunkPlan:
+    """Plan chunks for an array already in memory or in a store (see :func:`plan_chunks`)."""
+    if "y" not in axes or "x" not in axes or axes[-2:] != "yx":
+        msg = f"axes {axes!r} must end with 'yx' (y and x are the last two axes)"
+        raise StackFormatError(msg)
+    return plan_chunks(
+        shape,
+        axes,
+        np.dtype(dtype).itemsize,
+        budget=_budget(memory_limit),
+        workers=workers or default_workers(),
+        whole=whole,
+        y_align=y_align,
+        x_align=x_align,
+        segment_bytes=segment_bytes,
+    )
+
+
+def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
+    """Return (kind, paths) for a path, a folder, a glob or a list of files."""
+    if isinstance(source, (list, tuple)):
+        paths = [os.fspath(p) for p in source]
+        if not paths:
+            msg = "the list of files is empty"
+            raise SourceNotFoundError(msg)
+        for p in paths:
+            if not os.path.isfile(p):
+                msg = f"{p} does not exist or is not a file"
+                raise SourceNotFoundError(msg)
+        return "files", paths
+    path = os.fspath(source)  # type: ignore[arg-type]
+    if os.path.isdir(path):
+        if _zarr.is_zarr(path):
+            return "zarr", [path]
+        names = [n for n in os.listdir(path) if n.lower().endswith(TIFF_SUFFIXES)]
+        names = [n for n in names if not n.startswith(".")]
+        if not names:
+            msg = f"{path} is a folder without TIFF files (.tif, .tiff)"
+            raise SourceNotFoundError(msg)
+        return "files", sorted((os.path.join(path, n) for n in names), key=natural_key)
+    if os.path.isfile(path):
+        return "file", [path]
+    if glob.has_magic(path):
+        matches = sorted((p for p in glob.glob(path) if os.path.isfile(p)), key=natural_key)
+        if not matches:
+            msg = f"no file matches {path}"
+            raise SourceNotFoundError(msg)
+        return "files", matches
+    msg = f"{path} does not exist"
+    raise SourceNotFoundError(msg)
+
+
+def _resolve_axes(found: str | None, given: str | None, ndim: int, where: str) -> str:
+    if given is not None:
+        given = given.lower()
+        if len(given) != ndim:
+            msg = f"axes={given!r} has {len(given)} letters but {where} has {ndim} dimensions"
+            raise StackFormatError(msg)
+        return given
+    return found or default_axes(ndim)
+
+
+def _calibration(
+    axes: str, scale: dict[str, float], units: dict[str, str]
+) -> tuple[tuple[float | None, ...], tuple[str | None, ...]]:
+    return tuple(scale.get(a) for a in axes), tuple(units.get(a) for a in axes)
+
+
+def _plan_info(plan: ChunkPlan) -> dict[str, Any]:
+    return {
+        "chunks": list(plan.chunks),
+        "tasks": plan.tasks,
+        "chunk_bytes": plan.chunk_bytes,
+        "memory_estimate_bytes": plan.memory_estimate,
+        "memory_limit_bytes": plan.budget,
+        "workers": plan.workers,
+        "fits": plan.fits,
+        "note": plan.note,
+    }
+
+
+def _open_tiff(
+    kind: str, paths: list[str], axes: str | None, memory_limit: MemoryLike, whole: str
+) -> Stack:
+    info = _tiff.parse_tiff(paths[0]) if kind == "file" else _tiff.parse_tiff_files(paths)
+    layout = info.layout
+    shape = info.shape
+    ax = _resolve_axes(info.axes, axes, len(shape), paths[0] if kind == "file" else "the files")
+    decoded = layout.compressed or layout.tiled
+    plan = plan_for(
+        shape,
+        ax,
+        layout.dtype,
+        memory_limit=memory_limit,
+        whole=whole,
+        y_align=layout.segment_shape[0] if decoded else 1,
+        x_align=layout.segment_shape[1] if layout.tiled else (None if decoded else 1),
+        segment_bytes=(
+            layout.segment_shape[0] * layout.segment_shape[1] * layout.dtype.itemsize
+            if decoded
+            else 0
+        ),
+    )
+    token = repr((layout.files, shape))
+    data = blocks_array(
+        _tiff.read_block,
+        _tiff.block_reader(layout, shape[:-2]),
+        shape,
+        plan.chunks,
+        layout.dtype.newbyteorder("="),
+        token=token,
+    )
+    scale, units = _calibration(ax, info.scale, info.units)
+    name = Path(paths[0]).name if kind == "file" else Path(paths[0]).parent.name or paths[0]
+    return Stack(
+        data,
+        axes=ax,
+        scale=scale,
+        units=units,
+        name=name,
+        attrs={
+            "source": paths[0] if kind == "file" else os.path.dirname(paths[0]) or ".",
+            "source_paths": tuple(os.path.abspath(p) for p in paths),
+            "layout": layout.describe(),
+            "plan": _plan_info(plan),
+            "channel_names": info.channel_names,
+            "tiff_metadata": info.metadata,
+        },
+    )
+
+
+def _open_zarr(path: str, axes: str | None, memory_limit: MemoryLike, whole: str) -> Stack:
+    info = _zarr.parse_zarr(path)
+    array = info.array
+    shape = tuple(int(n) for n in array.shape)
+    ax = _resolve_axes(info.axes, axes, len(shape), path)
+    cy, cx = int(array.chunks[-2]), int(array.chunks[-1])
+    plan = plan_for(
+        shape,
+        ax,
+        np.dtype(array.dtype),
+        memory_limit=memory_limit,
+        whole=whole,
+        y_align=cy,
+        x_align=cx,
+        segment_bytes=int(np.prod(array.chunks)) * np.dtype(array.dtype).itemsize,
+    )
+    data = da.from_zarr(array, chunks=plan.chunks)
+    scale, units = _calibration(ax, info.scale, info.units)
+    return Stack(
+        data,
+        axes=ax,
+        scale=scale,
+        units=units,
+        name=Path(path).name,
+        attrs={
+            "source": path,
+            "source_paths": (os.path.abspath(path),),
+            "layout": info.layout,
+            "plan": _plan_info(plan),
+            "channel_names": info.channel_names,
+        },
+    )
+
+
+def _open_array(
+    array: np.ndarray | da.Array, axes: str | None, memory_limit: MemoryLike, whole: str
+) -> Stack:
+    if np.dtype(array.dtype).kind not in "uif":
+        msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
+        raise StackFormatError(msg)
+    ax = _resolve_axes(None, axes, array.ndim, "the array")
+    plan = plan_for(tuple(array.shape), ax, np.dtype(array.dtype), memory_limit=memory_limit, whole=whole)
+    if isinstance(array, da.Array):
+        data = array.rechunk(plan.chunks)
+    else:
+        data = da.from_array(array, chunks=plan.chunks)
+    return Stack(data, axes=ax, name="array", attrs={"plan": _plan_info(plan), "layout": {"format": "array"}})
+
+
+def open(  # noqa: A001 - the public name of the contract, like io.open
+    source: SourceLike,
+    /,
+    *,
+    axes: str | None = None,
+    memory_limit: MemoryLike = None,
+    whole: str = "z",
+) -> Stack:
+    """Open an image stack lazily, chunked with the whole z axis in every chunk.
+
+    Parameters
+    ----------
+    source : path, glob, list of paths, numpy or dask array
+        A multi-page TIFF (plain, ImageJ hyperstack, OME-TIFF, BigTIFF; raw, striped, tiled or
+        compressed); a folder, glob or list of single-page TIFFs (natural order: ``z2`` before
+        ``z10``); a zarr array (v2 or v3) or an OME-Zarr image (level 0); an array.
+    axes : str, optional
+        Axis letters of ``"tczyx"`` overriding the file's metadata. Without metadata a 3-D
+        stack is ``"zyx"`` and a 4-D one ``"tzyx"``.
+    memory_limit : int or str, optional
+        Memory budget for all workers, e.g. ``"2GiB"``; default the smaller of 1 GiB and a
+        quarter of RAM. Sets the chunk size.
+    whole : str
+        Axes held whole in every chunk: ``"z"`` (default) for z-projections and filters, ``"t"``
+        for projections over time.
+
+    Returns
+    -------
+    Stack
+        Lazy: nothing is read until a result is computed or saved. Only the bytes each chunk
+        needs are read, per task, with no file held open between tasks.
+
+    Raises
+    ------
+    SourceNotFoundError
+        If the path, folder or glob does not exist or holds no TIFF.
+    StackFormatError
+        If the input is not an image stack zchunk reads, or files of a sequence differ.
+    CorruptDataError
+        If the file is truncated or damaged.
+
+    Examples
+    --------
+    >>> s = open(np.zeros((4, 32, 32), dtype="uint16"))
+    >>> s.axes, s.shape, s.data.chunks[0]
+    ('zyx', (4, 32, 32), (4,))
+    """
+    if isinstance(source, (np.ndarray, da.Array)):
+        return _open_array(source, axes, memory_limit, whole)
+    kind, paths = _list_sources(source)
+    if kind == "zarr":
+        return _open_zarr(paths[0], axes, memory_limit, whole)
+    if kind == "files":
+        bad = [p for p in paths if _zarr.is_zarr(p)]
+        if bad:
+            msg = f"{bad[0]} is a zarr store: open it on its own"
+            raise StackFormatError(msg)
+    return _open_tiff(kind, paths, axes, memory_limit, whole)

@@ -1,0 +1,148 @@
+"""Axes and calibration from ImageJ, OME and plain TIFF metadata.
+
+Only what the file states is returned: an unknown pixel size stays unknown (absent), never 1.0.
+Units are normalised to OME-Zarr's UDUNITS names (``um``, ``micron``, ``µm`` -> ``micrometer``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tifffile
+
+from zchunk.stack import normalize_unit
+
+__all__ = ["from_tifffile", "tifffile_axes"]
+
+_LETTERS = {"T": "t", "Z": "z", "C": "c", "Y": "y", "X": "x"}
+
+
+def tifffile_axes(axes: str) -> str | None:
+    """Map tifffile's axis codes to zchunk letters; None when some axis has no meaning for us.
+
+    Examples
+    --------
+    >>> tifffile_axes("TZCYX"), tifffile_axes("QYX")
+    ('tzcyx', None)
+    """
+    out = "".join(_LETTERS.get(a, "?") for a in axes)
+    return None if "?" in out or len(set(out)) != len(out) else out
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 and f == f and f != float("inf") else None
+
+
+def _resolution(page: Any) -> tuple[float | None, float | None]:
+    """Pixel size (x, y) in the page's resolution unit, from XResolution/YResolution."""
+    out = []
+    for tag in ("XResolution", "YResolution"):
+        value = page.tags.valueof(tag)
+        if value is None:
+            out.append(None)
+            continue
+        num, den = value if isinstance(value, tuple) else (value, 1)
+        out.append(_float(den / num) if num else None)
+    return out[0], out[1]
+
+
+def _imagej(tif: Any, series: Any) -> dict[str, Any]:
+    ij = tif.imagej_metadata or {}
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    unit = normalize_unit(ij.get("unit"))
+    if unit is not None:
+        sx, sy = _resolution(series.keyframe)
+        for letter, value in (("x", sx), ("y", sy), ("z", _float(ij.get("spacing")))):
+            if value is not None:
+                scale[letter], units[letter] = value, unit
+    interval = _float(ij.get("finterval"))
+    if interval is not None:
+        scale["t"] = interval
+        units["t"] = normalize_unit(ij.get("tunit", "s")) or "second"
+    labels = ij.get("Labels")
+    channels = int(ij.get("channels", 1) or 1)
+    names = tuple(labels[:channels]) if isinstance(labels, list) and channels > 1 else ()
+    return {
+        "scale": scale,
+        "units": units,
+        "channel_names": names,
+        "declared_planes": int(ij["images"]) if "images" in ij else None,
+        "imagej": {k: v for k, v in ij.items() if isinstance(v, (int, float, str, bool))},
+    }
+
+
+def _ome(tif: Any) -> dict[str, Any]:
+    xml = tif.ome_metadata
+    try:
+        ome = tifffile.xml2dict(xml)["OME"]
+    except Exception:  # a damaged OME header: fall back to tifffile's series only
+        return {"scale": {}, "units": {}}
+    image = ome.get("Image")
+    image = image[0] if isinstance(image, list) else image
+    pixels = (image or {}).get("Pixels", {})
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    for letter in "xyz":
+        value = _float(pixels.get(f"PhysicalSize{letter.upper()}"))
+        if value is not None:
+            scale[letter] = value
+            units[letter] = normalize_unit(pixels.get(f"PhysicalSize{letter.upper()}Unit", "µm")) or "micrometer"
+    interval = _float(pixels.get("TimeIncrement"))
+    if interval is not None:
+        scale["t"] = interval
+        units["t"] = normalize_unit(pixels.get("TimeIncrementUnit", "s")) or "second"
+    channels = pixels.get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    names = tuple(str(c.get("Name", "")) for c in channels if isinstance(c, dict))
+    declared = 1
+    for letter in "ZCT":
+        declared *= int(pixels.get(f"Size{letter}", 1) or 1)
+    return {
+        "scale": scale,
+        "units": units,
+        "channel_names": names if any(names) else (),
+        "declared_planes": declared,
+    }
+
+
+def _plain(series: Any) -> dict[str, Any]:
+    """Plain TIFF: trust XResolution only when the unit is centimetre (not a screen DPI)."""
+    page = series.keyframe
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if page.tags.valueof("ResolutionUnit") == 3:
+        sx, sy = _resolution(page)
+        for letter, value in (("x", sx), ("y", sy)):
+            if value is not None:
+                scale[letter], units[letter] = value * 1e4, "micrometer"
+    shaped = tif_shape(series)
+    return {"scale": scale, "units": units, "declared_planes": shaped}
+
+
+def tif_shape(series: Any) -> int | None:
+    """Planes declared by tifffile's own shaped metadata, if any."""
+    meta = getattr(series.parent, "shaped_metadata", None)
+    if not meta or "shape" not in meta[0]:
+        return None
+    shape = meta[0]["shape"]
+    planes = 1
+    for n in shape[:-2]:
+        planes *= int(n)
+    return planes
+
+
+def from_tifffile(tif: Any, series: Any) -> dict[str, Any]:
+    """Return axes, scale, units, channel names and the declared plane count of a TIFF series."""
+    if tif.is_imagej:
+        meta = _imagej(tif, series)
+    elif tif.is_ome:
+        meta = _ome(tif)
+    else:
+        meta = _plain(series)
+    meta["axes"] = tifffile_axes(series.axes) if (tif.is_imagej or tif.is_ome) else None
+    return meta

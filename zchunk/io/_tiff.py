@@ -1,0 +1,572 @@
+"""Lazy TIFF reading: one multi-page file, or many files of one page (or of equal page counts).
+
+Headers are parsed once, when the stack is opened, into a :class:`TiffLayout`: for every plane
+the file it lives in and the offsets and byte counts of its stored segments (strips or tiles).
+A dask task then gets a :class:`BlockSpec` holding only the segment table of its own block and
+
+* for uncompressed strips, reads just the rows of its band with ``os.preadv`` straight into the
+  output buffer (no mmap: on a cold cache mmap's readahead reads far more than asked);
+* for compressed or tiled data, reads the segments that intersect its block (runs of adjacent
+  segments in one read) and decodes each exactly once with tifffile's own decoder.
+
+The planner aligns bands to the strip/tile height, so no segment is decoded by two tasks. Pages
+stored as one compressed strip make every band a whole page ("tall bands"): each page is still
+decoded once per pass, at the cost of chunks of a whole page times z, which ``zchunk info``
+reports when they exceed the memory budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tifffile
+
+from zchunk.errors import CorruptDataError, InputChangedError, StackFormatError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+__all__ = ["READ_STATS", "BlockSpec", "FileId", "ReadStats", "TiffLayout", "read_block"]
+
+@dataclass
+class ReadStats:
+    """Bytes read from disk and decoded by this process's readers (for tests and benchmarks)."""
+
+    bytes_read: int = 0
+    bytes_decoded: int = 0
+    segments_decoded: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, read: int = 0, decoded: int = 0, segments: int = 0) -> None:
+        """Count `read` bytes read, `decoded` bytes decoded from `segments` segments."""
+        with self._lock:
+            self.bytes_read += read
+            self.bytes_decoded += decoded
+            self.segments_decoded += segments
+
+    def reset(self) -> None:
+        """Set every counter to zero."""
+        with self._lock:
+            self.bytes_read = self.bytes_decoded = self.segments_decoded = 0
+
+
+READ_STATS = ReadStats()
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """A file and the size and modification time it had when its header was parsed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> FileId:
+        """Identify `path` as it is now."""
+        st = os.stat(path)
+        return cls(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+    def check(self, fd: int) -> None:
+        """Raise InputChangedError if the open file `fd` is not the file that was parsed."""
+        st = os.fstat(fd)
+        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            msg = (
+                f"{self.path} changed on disk after it was opened (size {self.size} -> "
+                f"{st.st_size} bytes); open it again"
+            )
+            raise InputChangedError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class TiffLayout:
+    """Where every plane's stored segments are, and how to decode them.
+
+    `offsets` and `bytecounts` have shape (planes, segments per plane); planes are in C order
+    of the leading (non y/x) axes of the stack.
+    """
+
+    files: tuple[FileId, ...]
+    plane_file: np.ndarray
+    offsets: np.ndarray
+    bytecounts: np.ndarray
+    height: int
+    width: int
+    dtype: np.dtype[Any]  # with the file's byte order
+    compression: int
+    predictor: int
+    segment_shape: tuple[int, int]  # rows, columns of one strip or tile
+    tiled: bool
+    bigtiff: bool
+    kind: str  # imagej, ome, shaped, generic, folder
+
+    @property
+    def compressed(self) -> bool:
+        """True unless the data are stored raw."""
+        return self.compression != 1
+
+    @property
+    def segments_per_row(self) -> int:
+        """Segments across the width (1 for strips)."""
+        return math.ceil(self.width / self.segment_shape[1])
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of pixel data stored in the file(s)."""
+        return int(self.bytecounts.sum())
+
+    def describe(self) -> dict[str, Any]:
+        """Layout facts for ``zchunk info``."""
+        name = tifffile.COMPRESSION(self.compression).name.lower()
+        return {
+            "format": "tiff",
+            "kind": self.kind,
+            "files": len(self.files),
+            "compression": "none" if self.compression == 1 else name,
+            "predictor": self.predictor,
+            "tiled": self.tiled,
+            "segment_shape": list(self.segment_shape),
+            "segments_per_plane": int(self.offsets.shape[1]),
+            "bigtiff": self.bigtiff,
+            "byteorder": "big" if self.dtype.byteorder == ">" else "little",
+            "stored_bytes": self.stored_bytes,
+        }
+
+    def block_spec(
+        self, planes: np.ndarray, rows: slice, cols: slice, shape: tuple[int, ...]
+    ) -> BlockSpec:
+        """Return what a task needs to read `planes` (flat indices) x `rows` x `cols`.
+
+        `shape` is the block's shape: the leading block shape, then rows and columns.
+        """
+        sh, sw = self.segment_shape
+        per_row = self.segments_per_row
+        seg_rows = range(rows.start // sh, (rows.stop - 1) // sh + 1)
+        seg_cols = range(cols.start // sw, (cols.stop - 1) // sw + 1) if self.tiled else range(1)
+        segs = np.array([r * per_row + c for r in seg_rows for c in seg_cols], dtype=np.int64)
+        files = np.unique(self.plane_file[planes])
+        return BlockSpec(
+            files=tuple(self.files[i] for i in files),
+            plane_file=np.searchsorted(files, self.plane_file[planes]).astype(np.int32),
+            segments=segs,
+            offsets=self.offsets[np.ix_(planes, segs)],
+            bytecounts=self.bytecounts[np.ix_(planes, segs)],
+            rows=(rows.start, rows.stop),
+            cols=(cols.start, cols.stop),
+            height=self.height,
+            width=self.width,
+            dtype=self.dtype,
+            compressed=self.compressed,
+            tiled=self.tiled,
+            segment_shape=self.segment_shape,
+            decoder_file=self.files[0],
+            shape=shape,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSpec:
+    """Everything one read task needs; small and picklable."""
+
+    files: tuple[FileId, ...]
+    plane_file: np.ndarray  # (planes,) index into files
+    segments: np.ndarray  # (k,) segment indices within a page
+    offsets: np.ndarray  # (planes, k)
+    bytecounts: np.ndarray  # (planes, k)
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    height: int
+    width: int
+    dtype: np.dtype[Any]
+    compressed: bool
+    tiled: bool
+    segment_shape: tuple[int, int]
+    decoder_file: FileId
+    shape: tuple[int, ...]  # block shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a block (runs inside dask tasks)
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
+    """Fill `buf` from `offset`, or raise CorruptDataError if the file ends first."""
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n == 0:
+            msg = (
+                f"{path} is truncated: expected {len(buf)} bytes at offset {offset}, "
+                f"the file ends after {done}"
+            )
+            raise CorruptDataError(msg)
+        done += n
+    READ_STATS.add(read=len(buf))
+
+
+def _runs(offsets: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Yield (first, stop) index ranges of segments stored back to back."""
+    start = 0
+    for i in range(1, len(offsets) + 1):
+        if i == len(offsets) or offsets[i] != offsets[i - 1] + counts[i - 1]:
+            yield start, i
+            start = i
+
+
+@lru_cache(maxsize=32)
+def _decoder(file: FileId) -> Callable[..., Any]:
+    """tifffile's segment decoder for the pages of `file` (parsed once per process)."""
+    with tifffile.TiffFile(file.path) as tif:
+        return tif.pages.first.decode  # type: ignore[no-any-return]
+
+
+def read_block(spec: BlockSpec) -> np.ndarray:
+    """Read one block of the stack, in the native byte order."""
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    nplanes = len(spec.plane_file)
+    out = np.empty((nplanes, r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
+    fds: dict[int, int] = {}
+    try:
+        for i, file in enumerate(spec.files):
+            fds[i] = os.open(file.path, os.O_RDONLY)
+            file.check(fds[i])
+            if not spec.compressed and not spec.tiled:
+                os.posix_fadvise(fds[i], 0, 0, os.POSIX_FADV_RANDOM)
+        read = _read_raw_rows if not spec.compressed and not spec.tiled else _read_segments
+        for p in range(nplanes):
+            fi = int(spec.plane_file[p])
+            read(spec, fds[fi], spec.files[fi].path, p, out[p])
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    raw = not spec.compressed and not spec.tiled  # decoded segments are copied in native order
+    if raw and spec.dtype.byteorder == ">" and spec.dtype.itemsize > 1:
+        out.byteswap(inplace=True)
+    return out.reshape(spec.shape)
+
+
+def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
+    """Read rows r0:r1 of one uncompressed, striped plane; only those bytes."""
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    sh = spec.segment_shape[0]
+    row_bytes = spec.width * spec.dtype.itemsize
+    full_width = c0 == 0 and c1 == spec.width
+    target = out if full_width else np.empty((r1 - r0, spec.width), out.dtype)
+    flat = memoryview(target).cast("B")
+    # (file offset, row in block, row count) for every strip part, merged when adjacent
+    parts: list[list[int]] = []
+    for k, seg in enumerate(spec.segments):
+        a, b = max(r0, int(seg) * sh), min(r1, (int(seg) + 1) * sh)
+        offset = int(spec.offsets[p, k]) + (a - int(seg) * sh) * row_bytes
+        if parts and parts[-1][0] + parts[-1][2] * row_bytes == offset:
+            parts[-1][2] += b - a
+        else:
+            parts.append([offset, a - r0, b - a])
+    for offset, row, count in parts:
+        _pread_into(fd, flat[row * row_bytes : (row + count) * row_bytes], offset, path)
+    if not full_width:
+        out[...] = target[:, c0:c1]
+
+
+def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
+    """Read and decode the segments of one plane that intersect the block."""
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    sh, sw = spec.segment_shape
+    per_row = math.ceil(spec.width / sw) if spec.tiled else 1
+    decode = _decoder(spec.decoder_file)
+    offsets, counts = spec.offsets[p], spec.bytecounts[p]
+    for first, stop in _runs(offsets, counts):
+        size = int(offsets[stop - 1] + counts[stop - 1] - offsets[first])
+        raw = bytearray(size)
+        if size:
+            _pread_into(fd, memoryview(raw), int(offsets[first]), path)
+        for k in range(first, stop):
+            seg = int(spec.segments[k])
+            y, x = (seg // per_row) * sh, (seg % per_row) * sw
+            a = int(offsets[k] - offsets[first])
+            data = bytes(raw[a : a + int(counts[k])]) if counts[k] else None
+            try:
+                array, _, _ = decode(data, seg)
+            except Exception as exc:
+                msg = f"{path}: cannot decode segment {seg} of plane {p} ({exc})"
+                raise CorruptDataError(msg) from exc
+            ya, yb = max(r0, y), min(r1, y + sh, spec.height)
+            xa, xb = max(c0, x), min(c1, x + sw, spec.width)
+            if array is None:  # an empty (sparse) segment reads as zeros, as in tifffile
+                out[ya - r0 : yb - r0, xa - c0 : xb - c0] = 0
+                continue
+            seg2d = array.reshape(array.shape[-3], array.shape[-2])
+            READ_STATS.add(decoded=seg2d.nbytes, segments=1)
+            out[ya - r0 : yb - r0, xa - c0 : xb - c0] = seg2d[ya - y : yb - y, xa - x : xb - x]
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing headers (runs once, in open())
+
+
+class _TiffLogCapture(logging.Handler):
+    """Collect tifffile's log warnings: it reports damaged files there, not by raising."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _open_tiff(path: str) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
+    except tifffile.TiffFileError as exc:
+        msg = f"{path} is not a readable TIFF file ({exc})"
+        raise StackFormatError(msg) from exc
+    except (OSError, ValueError, IndexError, KeyError, struct.error) as exc:
+        msg = f"{path} is not a readable TIFF file ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
+
+
+def _page_signature(page: Any) -> tuple[Any, ...]:
+    return (
+        page.shape,
+        page.dtype,
+        page.compression,
+        page.predictor,
+        page.is_tiled,
+        page.tilelength,
+        page.tilewidth,
+        page.rowsperstrip if not page.is_tiled else 0,
+        page.planarconfig,
+        page.fillorder,
+        page.parent.byteorder,
+    )
+
+
+def _check_page(page: Any, path: str) -> None:
+    if page.dtype is None:
+        msg = f"{path}: unsupported pixel type ({page.bitspersample}-bit, format {page.sampleformat})"
+        raise StackFormatError(msg)
+    if page.samplesperpixel > 1 or page.imagedepth > 1:
+        msg = (
+            f"{path}: pages with {page.samplesperpixel} samples per pixel (RGB) are not supported; "
+            "split the channels into separate planes first"
+        )
+        raise StackFormatError(msg)
+    if np.dtype(page.dtype).kind not in "uif":
+        msg = f"{path}: unsupported pixel type {page.dtype}"
+        raise StackFormatError(msg)
+
+
+def _segment_shape(page: Any) -> tuple[int, int]:
+    if page.is_tiled:
+        return (int(page.tilelength), int(page.tilewidth))
+    return (min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth))
+
+
+def _tables(pages: Sequence[Any], path: str) -> tuple[np.ndarray, np.ndarray]:
+    nseg = len(pages[0].dataoffsets)
+    offsets = np.empty((len(pages), nseg), dtype=np.int64)
+    counts = np.empty((len(pages), nseg), dtype=np.int64)
+    for i, page in enumerate(pages):
+        if page is None or len(page.dataoffsets) != nseg:
+            msg = f"{path}: page {i} is missing or damaged"
+            raise CorruptDataError(msg)
+        offsets[i] = page.dataoffsets
+        counts[i] = page.databytecounts
+    return offsets, counts
+
+
+def _check_extent(layout: TiffLayout) -> None:
+    ends = layout.offsets + layout.bytecounts
+    for i, file in enumerate(layout.files):
+        mine = ends[layout.plane_file == i]
+        if mine.size and int(mine.max()) > file.size:
+            plane = int(np.argmax((ends.max(axis=1) > file.size) & (layout.plane_file == i)))
+            msg = (
+                f"{file.path} is truncated: plane {plane} needs bytes up to "
+                f"{int(mine.max())} but the file has {file.size}"
+            )
+            raise CorruptDataError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class TiffInfo:
+    """A parsed TIFF source: layout, shape, axes (or None when unknown) and calibration."""
+
+    layout: TiffLayout
+    shape: tuple[int, ...]
+    axes: str | None
+    scale: dict[str, float]
+    units: dict[str, str]
+    channel_names: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_tiff(path: str) -> TiffInfo:
+    """Parse the header of one (multi-page) TIFF file into a TiffInfo."""
+    from zchunk.io import _metadata
+
+    capture = _TiffLogCapture()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(capture)
+    try:
+        with _open_tiff(path) as tif:
+            fileid = FileId.of(path)
+            if not tif.series:
+                msg = f"{path} holds no image"
+                raise StackFormatError(msg)
+            series = tif.series[0]
+            page = series.keyframe
+            _check_page(page, path)
+            shape = tuple(int(n) for n in series.shape)
+            nplanes = math.prod(shape[:-2])
+            seg_shape = _segment_shape(page)
+            if page.compression == 1 and not page.is_tiled and series.dataoffset is not None:
+                # contiguous raw planes: no need to parse every IFD of a huge file
+                plane_bytes = page.imagelength * page.imagewidth * np.dtype(page.dtype).itemsize
+                offsets = series.dataoffset + plane_bytes * np.arange(nplanes, dtype=np.int64)
+                offsets, counts = offsets[:, None], np.full((nplanes, 1), plane_bytes, np.int64)
+                seg_shape = (int(page.imagelength), int(page.imagewidth))
+            else:
+                pages = list(series.pages)
+                if len(pages) != nplanes:
+                    msg = f"{path}: {len(pages)} pages for a series of {nplanes} planes"
+                    raise CorruptDataError(msg)
+                offsets, counts = _tables(pages, path)
+            kind = "imagej" if tif.is_imagej else "ome" if tif.is_ome else series.kind or "generic"
+            layout = TiffLayout(
+                files=(fileid,),
+                plane_file=np.zeros(nplanes, dtype=np.int32),
+                offsets=offsets,
+                bytecounts=counts,
+                height=int(page.imagelength),
+                width=int(page.imagewidth),
+                dtype=np.dtype(page.dtype).newbyteorder(tif.byteorder),
+                compression=int(page.compression),
+                predictor=int(page.predictor),
+                segment_shape=seg_shape,
+                tiled=bool(page.is_tiled),
+                bigtiff=bool(tif.is_bigtiff),
+                kind=kind,
+            )
+            meta = _metadata.from_tifffile(tif, series)
+            declared = meta.pop("declared_planes", None)
+    finally:
+        logger.removeHandler(capture)
+    if declared is not None and declared > nplanes:
+        msg = f"{path} is truncated or damaged: its metadata declares {declared} planes, {nplanes} are readable"
+        raise CorruptDataError(msg)
+    damage = [m for m in capture.messages if _is_damage(m)]
+    if damage:
+        msg = f"{path} is damaged: {damage[0]}"
+        raise CorruptDataError(msg)
+    _check_extent(layout)
+    return TiffInfo(
+        layout=layout,
+        shape=shape,
+        axes=meta.pop("axes"),
+        scale=meta.pop("scale"),
+        units=meta.pop("units"),
+        channel_names=tuple(meta.pop("channel_names", ())),
+        metadata=meta,
+    )
+
+
+def _is_damage(message: str) -> bool:
+    words = ("truncat", "corrupt", "invalid", "fail", "error", "missing", "out of range")
+    return any(w in message.lower() for w in words)
+
+
+def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
+    """Parse many TIFF files holding equally shaped pages into one TiffInfo.
+
+    Every file must have the same number of pages and the same page shape, dtype and
+    encoding; the first that differs is named in the error. One page per file gives a (z, y, x)
+    stack; k pages per file give (files, k, y, x).
+    """
+    first = parse_tiff(paths[0])
+    ref = _reference_signature(paths[0])
+    per_file = math.prod(first.shape[:-2])
+    files = [first.layout.files[0]]
+    offsets = [first.layout.offsets]
+    counts = [first.layout.bytecounts]
+    for path in paths[1:]:
+        with _open_tiff(path) as tif:
+            pages = list(tif.pages)
+            if len(pages) != per_file or any(p is None for p in pages):
+                msg = (
+                    f"{path} has {len(pages)} page(s) where {paths[0]} has {per_file}: "
+                    "every file of a sequence must have as many"
+                )
+                raise StackFormatError(msg)
+            _check_page(pages[0], path)
+            sig = _page_signature(pages[0])
+            if sig[:2] != ref[:2]:
+                msg = (
+                    f"{path} holds {sig[1]} images of shape {sig[0]}, unlike {paths[0]} "
+                    f"({ref[1]}, {ref[0]}): every file of a sequence must match"
+                )
+                raise StackFormatError(msg)
+            if sig != ref:
+                msg = f"{path} is stored with another compression or layout than {paths[0]}"
+                raise StackFormatError(msg)
+            off, cnt = _tables(pages, path)
+            files.append(FileId.of(path))
+            offsets.append(off)
+            counts.append(cnt)
+    layout = first.layout
+    merged = TiffLayout(
+        files=tuple(files),
+        plane_file=np.repeat(np.arange(len(files), dtype=np.int32), per_file),
+        offsets=np.concatenate(offsets),
+        bytecounts=np.concatenate(counts),
+        height=layout.height,
+        width=layout.width,
+        dtype=layout.dtype,
+        compression=layout.compression,
+        predictor=layout.predictor,
+        segment_shape=layout.segment_shape,
+        tiled=layout.tiled,
+        bigtiff=layout.bigtiff,
+        kind="folder",
+    )
+    _check_extent(merged)
+    return TiffInfo(
+        layout=merged,
+        shape=(len(files), *first.shape),
+        axes=None,
+        scale=first.scale,
+        units=first.units,
+        channel_names=first.channel_names,
+        metadata=first.metadata,
+    )
+
+
+def _reference_signature(path: str) -> tuple[Any, ...]:
+    with _open_tiff(path) as tif:
+        return _page_signature(tif.pages.first)
+
+
+def block_reader(layout: TiffLayout, lead_shape: tuple[int, ...]) -> Callable[[tuple[slice, ...]], BlockSpec]:
+    """Return ``make_spec(slices)`` for :func:`zchunk.io._blocks.blocks_array`."""
+
+    def make_spec(slices: tuple[slice, ...]) -> BlockSpec:
+        lead = slices[:-2]
+        grid = np.indices([s.stop - s.start for s in lead]).reshape(len(lead), -1)
+        starts = np.array([s.start for s in lead])[:, None]
+        planes = np.ravel_multi_index(tuple(grid + starts), lead_shape) if lead else np.zeros(1, int)
+        shape = tuple(s.stop - s.start for s in slices)
+        return layout.block_spec(np.asarray(planes, dtype=np.int64), slices[-2], slices[-1], shape)
+
+    return make_spec

@@ -1,0 +1,1 @@
+"""Projections, filters and the per-tile reduction kernels."""
