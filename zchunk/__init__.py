@@ -1,1 +1,33 @@
-"""zchunk."""
+"""zchunk: project and filter microscopy image stacks bigger than memory.
+
+Stacks open as dask arrays chunked in y/x with the whole z axis in every chunk, so projections
+and filters run per tile, in parallel, in memory set by a budget.
+"""
+
+from zchunk._version import __version__
+from zchunk.describe import info
+from zchunk.errors import (
+    ChunkingError,
+    CorruptDataError,
+    InputChangedError,
+    OutputExistsError,
+    SourceNotFoundError,
+    StackFormatError,
+    ZChunkError,
+)
+from zchunk.io import open
+from zchunk.stack import Stack
+
+__all__ = [
+    "ChunkingError",
+    "CorruptDataError",
+    "InputChangedError",
+    "OutputExistsError",
+    "SourceNotFoundError",
+    "Stack",
+    "StackFormatError",
+    "ZChunkError",
+    "__version__",
+    "info",
+    "open",
+]

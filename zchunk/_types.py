@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
     import dask.array as da
     import numpy as np
 
-PathLike: TypeAlias = "str | os.PathLike[str]"
-SourceLike: TypeAlias = "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | np.ndarray | da.Array"
-MemoryLike: TypeAlias = "int | str | None"
-ProjectionMethod = Literal["max", "min", "sum", "mean", "std", "median", "percentile"]
-Like = Literal["numpy", "imagej"]
+type PathLike = str | os.PathLike[str]
+type SourceLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | np.ndarray | da.Array
+type MemoryLike = int | str | None
+type ProjectionMethod = Literal["max", "min", "sum", "mean", "std", "median", "percentile"]
+type Like = Literal["numpy", "imagej"]

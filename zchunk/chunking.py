@@ -60,7 +60,7 @@ def parse_memory(value: int | str) -> int:
     """
     if isinstance(value, bool):
         msg = f"memory limit must be a size like '2GiB', not {value!r}"
-        raise ValueError(msg)
+        raise ValueError(msg)  # noqa: TRY004 - a bad option value, not a wrong type
     if isinstance(value, int):
         n = value
     else:
@@ -92,7 +92,7 @@ def format_bytes(n: float) -> str:
 
 
 def default_memory_limit() -> int:
-    """The default budget: the smaller of 1 GiB and a quarter of the machine's RAM."""
+    """Return the default budget: the smaller of 1 GiB and a quarter of the machine's RAM."""
     return int(min(1024**3, psutil.virtual_memory().total // 4))
 
 
@@ -199,7 +199,9 @@ def plan_chunks(
     max_rows = per_task // max(lead_bytes * width, 1)
     if max_rows >= min(y_align, height) or height == 0:
         band_cap = height if max_rows >= height else (max_rows // y_align) * y_align
-        nbands = max(math.ceil(height / max(band_cap, 1)), min(workers, math.ceil(height / y_align)))
+        nbands = max(
+            math.ceil(height / max(band_cap, 1)), min(workers, math.ceil(height / y_align))
+        )
         band = min(height, _round_up(math.ceil(height / max(nbands, 1)), y_align))
         cols = width
         fits = True

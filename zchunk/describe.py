@@ -71,8 +71,10 @@ def format_info(d: dict[str, Any]) -> str:
     """Render :func:`info` as text for people."""
     axes = d["axes"]
     lines = [
-        f"{d['name'] or 'stack'}: {d['planes']} images of {d['size_x']} x {d['size_y']} pixels "
-        f"(x, y), {d['dtype']}",
+        (
+            f"{d['name'] or 'stack'}: {d['planes']} images of {d['size_x']} x {d['size_y']} "
+            f"pixels (x, y), {d['dtype']}"
+        ),
         f"  axes {axes}, shape {tuple(d['shape'])}, {format_bytes(d['nbytes'])}",
         "  " + ", ".join(f"{a.upper()}={n}" for a, n in zip(axes, d["shape"], strict=True)),
     ]

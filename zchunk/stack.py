@@ -21,7 +21,7 @@ AXIS_ORDER = "tczyx"
 
 _UNIT_ALIASES = {
     "um": "micrometer",
-    "µm": "micrometer",  # noqa: RUF001 - micro sign, as written by ImageJ
+    "µm": "micrometer",
     "μm": "micrometer",  # Greek mu
     "\\u00b5m": "micrometer",
     "micron": "micrometer",
@@ -133,7 +133,8 @@ class Stack:
     @property
     def dtype(self) -> np.dtype[Any]:
         """Data type of the pixels."""
-        return np.dtype(self.data.dtype)
+        dtype: np.dtype[Any] = np.dtype(self.data.dtype)
+        return dtype
 
     @property
     def sizes(self) -> dict[str, int]:

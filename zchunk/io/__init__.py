@@ -231,15 +231,19 @@ def _open_array(
         msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
         raise StackFormatError(msg)
     ax = _resolve_axes(None, axes, array.ndim, "the array")
-    plan = plan_for(tuple(array.shape), ax, np.dtype(array.dtype), memory_limit=memory_limit, whole=whole)
+    plan = plan_for(
+        tuple(array.shape), ax, np.dtype(array.dtype), memory_limit=memory_limit, whole=whole
+    )
     if isinstance(array, da.Array):
         data = array.rechunk(plan.chunks)
     else:
         data = da.from_array(array, chunks=plan.chunks)
-    return Stack(data, axes=ax, name="array", attrs={"plan": _plan_info(plan), "layout": {"format": "array"}})
+    return Stack(
+        data, axes=ax, name="array", attrs={"plan": _plan_info(plan), "layout": {"format": "array"}}
+    )
 
 
-def open(  # noqa: A001 - the public name of the contract, like io.open
+def open(
     source: SourceLike,
     /,
     *,

@@ -37,7 +37,9 @@ def normalize_chunks(shape: tuple[int, ...], chunk: tuple[int, ...]) -> tuple[tu
     return tuple(out)
 
 
-def block_slices(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
+def block_slices(
+    chunks: tuple[tuple[int, ...], ...],
+) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
     """Return ``(block index, slices)`` for every block of a chunks tuple, in C order."""
     starts = [tuple(itertools.accumulate((0, *c[:-1]))) for c in chunks]
     out = []
@@ -72,5 +74,5 @@ def blocks_array(
             dsk[(name, *index)] = (np.zeros, tuple(s.stop - s.start for s in slices), dtype)
         else:
             dsk[(name, *index)] = (read, make_spec(slices))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())  # type: ignore[arg-type]
     return da.Array(graph, name, chunks, dtype=dtype)

@@ -6,6 +6,7 @@ Units are normalised to OME-Zarr's UDUNITS names (``um``, ``micron``, ``µm`` ->
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tifffile
@@ -34,12 +35,12 @@ def _float(value: Any) -> float | None:
         f = float(value)
     except (TypeError, ValueError):
         return None
-    return f if f > 0 and f == f and f != float("inf") else None
+    return f if math.isfinite(f) and f > 0 else None
 
 
 def _resolution(page: Any) -> tuple[float | None, float | None]:
     """Pixel size (x, y) in the page's resolution unit, from XResolution/YResolution."""
-    out = []
+    out: list[float | None] = []
     for tag in ("XResolution", "YResolution"):
         value = page.tags.valueof(tag)
         if value is None:
@@ -80,7 +81,7 @@ def _ome(tif: Any) -> dict[str, Any]:
     xml = tif.ome_metadata
     try:
         ome = tifffile.xml2dict(xml)["OME"]
-    except Exception:  # a damaged OME header: fall back to tifffile's series only
+    except Exception:  # noqa: BLE001 - damaged OME-XML: keep tifffile's series, no calibration
         return {"scale": {}, "units": {}}
     image = ome.get("Image")
     image = image[0] if isinstance(image, list) else image
@@ -91,7 +92,10 @@ def _ome(tif: Any) -> dict[str, Any]:
         value = _float(pixels.get(f"PhysicalSize{letter.upper()}"))
         if value is not None:
             scale[letter] = value
-            units[letter] = normalize_unit(pixels.get(f"PhysicalSize{letter.upper()}Unit", "µm")) or "micrometer"
+            units[letter] = (
+                normalize_unit(pixels.get(f"PhysicalSize{letter.upper()}Unit", "µm"))
+                or "micrometer"
+            )
     interval = _float(pixels.get("TimeIncrement"))
     if interval is not None:
         scale["t"] = interval

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 
-from zchunk.errors import CorruptDataError, InputChangedError, StackFormatError
+from zchunk.errors import CorruptDataError, InputChangedError, StackFormatError, ZChunkError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["READ_STATS", "BlockSpec", "FileId", "ReadStats", "TiffLayout", "read_block"]
+
 
 @dataclass
 class ReadStats:
@@ -223,9 +224,10 @@ def _runs(offsets: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int]]:
 
 @lru_cache(maxsize=32)
 def _decoder(file: FileId) -> Callable[..., Any]:
-    """tifffile's segment decoder for the pages of `file` (parsed once per process)."""
+    """Tifffile's segment decoder for the pages of `file` (parsed once per process)."""
     with tifffile.TiffFile(file.path) as tif:
-        return tif.pages.first.decode  # type: ignore[no-any-return]
+        decode: Callable[..., Any] = tif.pages.first.decode
+        return decode
 
 
 def read_block(spec: BlockSpec) -> np.ndarray:
@@ -355,7 +357,9 @@ def _page_signature(page: Any) -> tuple[Any, ...]:
 
 def _check_page(page: Any, path: str) -> None:
     if page.dtype is None:
-        msg = f"{path}: unsupported pixel type ({page.bitspersample}-bit, format {page.sampleformat})"
+        msg = (
+            f"{path}: unsupported pixel type ({page.bitspersample}-bit, format {page.sampleformat})"
+        )
         raise StackFormatError(msg)
     if page.samplesperpixel > 1 or page.imagedepth > 1:
         msg = (
@@ -462,6 +466,11 @@ def parse_tiff(path: str) -> TiffInfo:
             )
             meta = _metadata.from_tifffile(tif, series)
             declared = meta.pop("declared_planes", None)
+    except ZChunkError:
+        raise
+    except (tifffile.TiffFileError, struct.error, OSError, ValueError, IndexError, KeyError) as exc:
+        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
     finally:
         logger.removeHandler(capture)
     if declared is not None and declared > nplanes:
@@ -558,14 +567,18 @@ def _reference_signature(path: str) -> tuple[Any, ...]:
         return _page_signature(tif.pages.first)
 
 
-def block_reader(layout: TiffLayout, lead_shape: tuple[int, ...]) -> Callable[[tuple[slice, ...]], BlockSpec]:
+def block_reader(
+    layout: TiffLayout, lead_shape: tuple[int, ...]
+) -> Callable[[tuple[slice, ...]], BlockSpec]:
     """Return ``make_spec(slices)`` for :func:`zchunk.io._blocks.blocks_array`."""
 
     def make_spec(slices: tuple[slice, ...]) -> BlockSpec:
         lead = slices[:-2]
         grid = np.indices([s.stop - s.start for s in lead]).reshape(len(lead), -1)
         starts = np.array([s.start for s in lead])[:, None]
-        planes = np.ravel_multi_index(tuple(grid + starts), lead_shape) if lead else np.zeros(1, int)
+        planes = (
+            np.ravel_multi_index(tuple(grid + starts), lead_shape) if lead else np.zeros(1, int)
+        )
         shape = tuple(s.stop - s.start for s in slices)
         return layout.block_spec(np.asarray(planes, dtype=np.int64), slices[-2], slices[-1], shape)
 

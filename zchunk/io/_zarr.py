@@ -15,7 +15,7 @@ __all__ = ["ZarrInfo", "is_zarr", "parse_zarr"]
 
 
 def is_zarr(path: str) -> bool:
-    """True for a folder holding zarr metadata (v3 zarr.json, v2 .zarray/.zgroup)."""
+    """Tell whether `path` is a folder holding zarr metadata (v3 zarr.json, v2 .zarray/.zgroup)."""
     import os
 
     return any(os.path.exists(os.path.join(path, n)) for n in ("zarr.json", ".zarray", ".zgroup"))

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zchunk.chunking import COPIES_PER_WORKER, format_bytes, parse_memory, plan_chunks
+
+
+@st.composite
+def cases(draw):
+    axes = draw(st.sampled_from(["yx", "zyx", "tzyx", "zcyx", "tczyx"]))
+    shape = tuple(draw(st.integers(1, 300 if a in "yx" else 40)) for a in axes)
+    itemsize = draw(st.sampled_from([1, 2, 4, 8]))
+    tiled = draw(st.booleans())
+    compressed = draw(st.booleans())
+    h, w = shape[-2:]
+    if tiled:
+        y_align = x_align = draw(st.sampled_from([16, 32, 64]))
+    elif compressed:
+        y_align, x_align = draw(st.integers(1, h)), None
+    else:
+        y_align, x_align = 1, 1
+    seg = y_align * (x_align or w) * itemsize if (tiled or compressed) else 0
+    budget = draw(st.integers(1_000, 50_000_000))
+    workers = draw(st.integers(1, 8))
+    return shape, axes, itemsize, budget, workers, y_align, x_align, seg
+
+
+@given(cases())
+@settings(max_examples=400, deadline=None)
+def test_plan_properties(case):
+    shape, axes, itemsize, budget, workers, y_align, x_align, seg = case
+    plan = plan_chunks(
+        shape,
+        axes,
+        itemsize,
+        budget=budget,
+        workers=workers,
+        y_align=y_align,
+        x_align=x_align,
+        segment_bytes=seg,
+    )
+    chunks = plan.chunks
+    # z whole, other non-spatial axes 1
+    for a, n, c in zip(axes[:-2], shape[:-2], chunks[:-2], strict=True):
+        assert c == (n if a == "z" else 1)
+    # chunks tile the shape
+    assert all(1 <= c <= n for c, n in zip(chunks, shape, strict=True))
+    assert plan.tasks == math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
+    # alignment: bands are whole strips/tiles (or the whole height)
+    band, cols = chunks[-2], chunks[-1]
+    assert band % min(y_align, shape[-2]) == 0 or band == shape[-2]
+    if x_align is None:
+        assert cols == shape[-1]
+    else:
+        assert cols % min(x_align, shape[-1]) == 0 or cols == shape[-1]
+    # the budget holds whenever the plan says so
+    assert plan.chunk_bytes == math.prod(chunks) * itemsize
+    assert plan.memory_estimate == plan.chunk_bytes * workers * COPIES_PER_WORKER + workers * seg
+    if plan.fits:
+        assert plan.memory_estimate <= budget
+    else:
+        # only the smallest aligned chunk is allowed over budget
+        assert band == min(y_align, shape[-2]) or band == shape[-2]
+        assert plan.note
+
+
+def test_plan_uses_workers_for_small_stacks():
+    plan = plan_chunks((10, 64, 64), "zyx", 2, budget=2**30, workers=4)
+    assert plan.tasks == 4
+
+
+def test_plan_single_strip_pages_are_whole_page_bands():
+    plan = plan_chunks(
+        (50, 512, 512), "zyx", 2, budget=2**30, workers=2, y_align=512, segment_bytes=512 * 1024
+    )
+    assert plan.chunks == (50, 512, 512)
+    assert plan.fits
+
+
+def test_plan_over_budget_is_reported():
+    plan = plan_chunks((500, 2048, 2048), "zyx", 2, budget=2**26, workers=2, y_align=2048)
+    assert not plan.fits
+    assert "over budget" in plan.note
+
+
+def test_plan_errors():
+    with pytest.raises(ValueError, match="end with 'yx'"):
+        plan_chunks((3, 4, 5), "yxz", 1, budget=100, workers=1)
+    with pytest.raises(ValueError, match="positive"):
+        plan_chunks((3, 4, 5), "zyx", 1, budget=0, workers=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [("2GiB", 2 * 1024**3), ("512MB", 512 * 10**6), ("1.5 gib", int(1.5 * 1024**3)), (7, 7)],
+)
+def test_parse_memory(text, n):
+    assert parse_memory(text) == n
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GB", "0", "2XB", True, 0])
+def test_parse_memory_rejects(bad):
+    with pytest.raises(ValueError, match="memory limit"):
+        parse_memory(bad)
+
+
+def test_format_bytes():
+    assert format_bytes(2 * 1024**2) == "2.0 MiB"

@@ -1,0 +1,7 @@
+"""``python -m zchunk``."""
+
+import sys
+
+from zchunk.cli import main
+
+sys.exit(main())
