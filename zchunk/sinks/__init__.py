@@ -1,0 +1,100 @@
+"""Writers: the only part of zchunk that computes.
+
+Every writer computes each dask block of the stack once, through the dask scheduler the caller
+chose, writes it to its own region of the output, and makes the output appear atomically
+(temporary sibling name, renamed at the end). An existing output is replaced only with
+``overwrite=True`` and an input never.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zchunk.sinks._ome_zarr import to_ome_zarr
+from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
+from zchunk.sinks._zarr import to_zarr
+
+if TYPE_CHECKING:
+    from zchunk._types import PathLike
+    from zchunk.stack import Stack
+
+__all__ = ["BIGTIFF_THRESHOLD", "SUFFIXES", "save", "to_ome_zarr", "to_tiff", "to_zarr"]
+
+#: Output suffixes understood by :func:`save`, longest first.
+SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+
+
+def save(
+    stack: Stack,
+    path: PathLike,
+    /,
+    *,
+    overwrite: bool = False,
+    compression: str | None = None,
+) -> Path:
+    """Write `stack` to `path` in the format its suffix names.
+
+    - ``.tif``, ``.tiff``: :func:`to_tiff` (an ImageJ hyperstack when ImageJ can hold it);
+    - ``.ome.tif``, ``.ome.tiff``: :func:`to_tiff` with ``ome=True``;
+    - ``.zarr``: :func:`to_zarr` (zarr v3, one shard per block);
+    - ``.ome.zarr``: :func:`to_ome_zarr` (OME-Zarr, NGFF 0.5).
+
+    Parameters
+    ----------
+    stack : Stack
+        What to write; it is computed block by block, each block once.
+    path : str or os.PathLike
+        Output file or folder; the suffix is matched case-insensitively.
+    overwrite : bool
+        Replace an existing output (never an input of the stack).
+    compression : str, optional
+        TIFF compression (see :func:`to_tiff`). Zarr outputs are always compressed (zstd),
+        so it must be None for them.
+
+    Returns
+    -------
+    Path
+        The absolute output path.
+
+    Raises
+    ------
+    ValueError
+        If the suffix is not one of the above, or `compression` is given for a zarr output.
+    OutputExistsError
+        If the output exists and `overwrite` is false, or if it would replace an input.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from zchunk.stack import Stack
+    >>> folder = tempfile.mkdtemp()
+    >>> s = Stack(da.zeros((2, 4, 4), dtype="uint8", chunks=(2, 2, 4)))
+    >>> save(s, os.path.join(folder, "out.tif")).name
+    'out.tif'
+    >>> save(s, os.path.join(folder, "out.png"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.tif, .ome.zarr, .tiff, .tif, .zarr
+    """
+    name = Path(os.fspath(path)).name.lower()
+    suffix = next((s for s in SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    if suffix is None:
+        msg = (
+            f"cannot tell the output format of {os.fspath(path)!r} from its suffix: "
+            f"use one of {', '.join(SUFFIXES)}"
+        )
+        raise ValueError(msg)
+    if suffix.endswith((".tif", ".tiff")):
+        ome = suffix.startswith(".ome.")
+        return to_tiff(stack, path, overwrite=overwrite, compression=compression, ome=ome)
+    if compression is not None:
+        msg = (
+            f"compression={compression!r} applies to TIFF outputs only; {os.fspath(path)!r} "
+            "is a zarr output, always compressed with zstd: leave compression=None"
+        )
+        raise ValueError(msg)
+    if suffix == ".ome.zarr":
+        return to_ome_zarr(stack, path, overwrite=overwrite)
+    return to_zarr(stack, path, overwrite=overwrite)

@@ -1,0 +1,165 @@
+"""OME-Zarr output (NGFF 0.5 on zarr v3, or 0.4 on zarr v2 for Fiji), one resolution level.
+
+The pixels are written exactly as :func:`zchunk.sinks.to_zarr` writes them (every dask block
+computed once into its own shard, or its own set of plane chunks on zarr v2), as the array
+``"0"`` of a group whose multiscales metadata ome-zarr-py writes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Literal
+
+import zarr
+
+from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.sinks._zarr import (
+    check_writable,
+    create_aligned_array,
+    native_order,
+    regular_grid,
+    stack_attributes,
+    store_blocks,
+)
+from zchunk.stack import normalize_unit
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from zchunk._types import PathLike
+    from zchunk.stack import Stack
+
+__all__ = ["NGFF_VERSIONS", "to_ome_zarr"]
+
+#: NGFF versions :func:`to_ome_zarr` writes, and the zarr format each one lives in.
+NGFF_VERSIONS: dict[str, Literal[2, 3]] = {"0.5": 3, "0.4": 2}
+
+#: Axis order NGFF requires: time, then channel, then space.
+NGFF_AXES = "tczyx"
+
+
+def _ngff_order(stack: Stack) -> Stack:
+    """Return `stack` with its axes in NGFF's t, c, z, y, x order (lazily transposed)."""
+    perm = [stack.axes.index(a) for a in NGFF_AXES if a in stack.axes]
+    if perm == list(range(len(perm))):
+        return stack
+    return stack.replace(
+        data=stack.data.transpose(perm),
+        axes="".join(stack.axes[i] for i in perm),
+        scale=tuple(stack.scale[i] for i in perm),
+        units=tuple(stack.units[i] for i in perm),
+    )
+
+
+def _axes_units(stack: Stack) -> dict[str, str]:
+    """Units of the axes that have one NGFF knows (UDUNITS names); others are left out."""
+    from ome_zarr.axes import (  # type: ignore[import-untyped]
+        KNOWN_SPATIAL_UNITS,
+        KNOWN_TEMPORAL_UNITS,
+    )
+
+    known = {"space": set(KNOWN_SPATIAL_UNITS), "time": set(KNOWN_TEMPORAL_UNITS)}
+    out = {}
+    for axis, unit in zip(stack.axes, stack.units, strict=True):
+        name = normalize_unit(unit)
+        kind = "time" if axis == "t" else "space" if axis in "zyx" else None
+        if name is not None and kind is not None and name in known[kind]:
+            out[axis] = name
+    return out
+
+
+def to_ome_zarr(
+    stack: Stack,
+    path: PathLike,
+    /,
+    *,
+    overwrite: bool = False,
+    ngff_version: Literal["0.5", "0.4"] = "0.5",
+) -> Path:
+    """Write `stack` to an OME-Zarr image with one resolution level, atomically.
+
+    The multiscales metadata (axes with their types and units, a scale transformation) is
+    written by ome-zarr-py; the pixels go to the array ``"0"`` block by block, each dask block
+    computed once, with the layout of :func:`to_zarr`: on zarr v3 (NGFF 0.5) one shard per
+    block and one inner chunk per (y, x) plane of it; on zarr v2 (NGFF 0.4), which has no
+    shards, chunks of one plane of a block, so every block still covers whole chunks. Axes
+    are written in NGFF's order (t, c, z, y, x), transposed lazily when needed.
+
+    NGFF requires a number for every scale: an unknown pixel size is written as 1.0 here, and
+    only here (TIFF and plain zarr outputs leave it out or null). The exact calibration,
+    unknowns included, and the channel names are also kept in the group attribute
+    ``"zchunk"`` (as :func:`to_zarr` writes them). Units that are not UDUNITS names NGFF knows
+    are left out. No ``omero`` rendering metadata is written: it requires display windows
+    and colours, which would need an extra pass over the data or made-up values.
+
+    Parameters
+    ----------
+    stack : Stack
+        Pixels and calibration; the dtype is kept as is (integers or floats).
+    path : str or os.PathLike
+        Output folder, conventionally ending in ``.ome.zarr``. Missing parent folders are
+        created.
+    overwrite : bool
+        Replace an existing `path`, never an input of the stack.
+    ngff_version : {"0.5", "0.4"}
+        ``"0.5"`` (zarr v3, the current version) or ``"0.4"`` (zarr v2, which Fiji's readers
+        and older viewers open).
+
+    Returns
+    -------
+    Path
+        The absolute output path.
+
+    Raises
+    ------
+    OutputExistsError
+        If `path` exists and `overwrite` is false, or if it would replace an input.
+    ValueError
+        If the dtype is not an integer or float type, or `ngff_version` is unknown.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from zchunk.stack import Stack
+    >>> s = Stack(da.ones((4, 6, 8), dtype="uint8", chunks=(4, 3, 8)), scale=(2.0, None, 0.5))
+    >>> out = to_ome_zarr(s, os.path.join(tempfile.mkdtemp(), "a.ome.zarr"))
+    >>> ome = zarr.open_group(out, mode="r").attrs["ome"]
+    >>> ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    [2.0, 1.0, 0.5]
+    """
+    from ome_zarr.format import FormatV04, FormatV05  # type: ignore[import-untyped]
+    from ome_zarr.writer import write_multiscales_metadata  # type: ignore[import-untyped]
+
+    if ngff_version not in NGFF_VERSIONS:
+        msg = f"ngff_version={ngff_version!r} is not supported: use one of {list(NGFF_VERSIONS)}"
+        raise ValueError(msg)
+    check_writable(stack)
+    zarr_format = NGFF_VERSIONS[ngff_version]
+    fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
+    stack = _ngff_order(stack)
+    final = prepare_output(path, stack.attrs, overwrite=overwrite)
+    data = regular_grid(native_order(stack.data))
+    scale = [1.0 if s is None else float(s) for s in stack.scale]
+    with atomic_output(final, overwrite=overwrite) as tmp:
+        group = zarr.open_group(os.fspath(tmp), mode="w-", zarr_format=zarr_format)
+        write_multiscales_metadata(
+            group,
+            datasets=[
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            ],
+            fmt=fmt,
+            axes=list(stack.axes),
+            axes_units=_axes_units(stack),
+            name=stack.name or None,
+        )
+        group.attrs["zchunk"] = stack_attributes(stack)
+        array = create_aligned_array(
+            group.store,
+            data,
+            name="0",
+            axes=stack.axes,
+            zarr_format=zarr_format,
+            dimension_names=zarr_format == 3,
+        )
+        store_blocks(data, array, tmp)
+    return final

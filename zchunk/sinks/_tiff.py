@@ -1,0 +1,440 @@
+"""TIFF output: ImageJ hyperstacks, OME-TIFF and tifffile's shaped TIFF, in bounded memory.
+
+Uncompressed data are written in place: the file is laid out first (header, description,
+contiguous image data), then every dask block is computed once and written to its bytes.
+Compressed pages must be written in order, one after the other, so volumes go through a
+scratch zarr array next to the output: blocks are computed once into it (one shard per block,
+one inner chunk per plane of a block), then pages are read back one at a time and encoded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import tifffile
+
+from zchunk.sinks._atomic import abandon, atomic_output, prepare_output, sibling_name
+from zchunk.sinks._zarr import (
+    check_writable,
+    create_aligned_array,
+    native_order,
+    regular_grid,
+    stack_attributes,
+    store_blocks,
+)
+from zchunk.stack import normalize_unit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import dask.array as da
+    import zarr
+
+    from zchunk._types import PathLike
+    from zchunk.stack import Stack
+
+__all__ = ["BIGTIFF_THRESHOLD", "COMPRESSIONS", "IMAGEJ_DTYPES", "to_tiff"]
+
+#: Uncompressed image size in bytes above which a BigTIFF is written (4 GB less 32 MB for the
+#: metadata, as tifffile does). Module-level so that tests can lower it.
+BIGTIFF_THRESHOLD = 2**32 - 2**25
+
+#: Pixel types that ImageJ stores natively (8-bit, 16-bit and 32-bit float images).
+IMAGEJ_DTYPES = frozenset({np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32")})
+
+#: Lossless compression names accepted by :func:`to_tiff` (tifffile's names).
+COMPRESSIONS = ("zlib", "deflate", "lzw", "zstd", "lzma", "packbits")
+
+#: Axis order of TIFF outputs: the order ImageJ requires (TZCYX), a subset for fewer axes.
+TIFF_AXES = "tzcyx"
+
+#: Pixel types that OME-TIFF cannot describe.
+_OME_DTYPES = frozenset(
+    np.dtype(t)
+    for t in ("int8", "int16", "int32", "uint8", "uint16", "uint32", "float32", "float64")
+)
+
+_IMAGEJ_UNITS = {
+    "micrometer": "um",
+    "nanometer": "nm",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+}
+_OME_LENGTH_UNITS = {
+    "micrometer": "µm",
+    "nanometer": "nm",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+    "angstrom": "Å",
+}
+_OME_TIME_UNITS = {
+    "second": "s",
+    "millisecond": "ms",
+    "microsecond": "µs",
+    "minute": "min",
+    "hour": "h",
+}
+_SECONDS = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 60.0, "hour": 3600.0}
+_CENTIMETERS = {
+    "nanometer": 1e-7,
+    "micrometer": 1e-4,
+    "millimeter": 0.1,
+    "centimeter": 1.0,
+    "meter": 100.0,
+}
+
+_Kind = Literal["imagej", "ome", "shaped"]
+# tifffile >= 2026.5.2 selects the format with kind=; older releases with imagej=/ome=/shaped=.
+_HAS_KIND = "kind" in inspect.signature(tifffile.TiffWriter).parameters
+
+
+def _kind_arg(kind: _Kind) -> dict[str, Any]:
+    return {"kind": kind} if _HAS_KIND else {kind: True}
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one TIFF output is written: format, size class and metadata."""
+
+    kind: _Kind
+    bigtiff: bool
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    metadata: dict[str, Any]
+    resolution: tuple[float, float] | None = None
+    resolutionunit: str | None = None
+
+    def write_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``TiffWriter.write`` shared by every path."""
+        args: dict[str, Any] = {
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "photometric": "minisblack",  # never guess RGB from a last axis of 3 or 4
+            "metadata": self.metadata,
+            "resolution": self.resolution,
+            "software": "zchunk",
+        }
+        if self.resolutionunit is not None:
+            args["resolutionunit"] = self.resolutionunit
+        return args
+
+
+def _normalize_compression(compression: str | None) -> str | None:
+    if compression is None or compression.lower() in {"", "none"}:
+        return None
+    name = compression.lower()
+    if name not in COMPRESSIONS:
+        msg = (
+            f"compression={compression!r} is not supported for TIFF: use None or one of "
+            f"{', '.join(map(repr, COMPRESSIONS))}"
+        )
+        raise ValueError(msg)
+    return name
+
+
+def _tiff_order(stack: Stack) -> Stack:
+    """Return `stack` with its axes in TZCYX order (lazily transposed when needed)."""
+    if "y" not in stack.axes or "x" not in stack.axes:
+        msg = (
+            f"a TIFF holds (y, x) planes, but the stack's axes are {stack.axes!r}: "
+            "write it to .zarr instead"
+        )
+        raise ValueError(msg)
+    perm = [stack.axes.index(a) for a in TIFF_AXES if a in stack.axes]
+    if perm == list(range(len(perm))):
+        return stack
+    return stack.replace(
+        data=stack.data.transpose(perm),
+        axes="".join(stack.axes[i] for i in perm),
+        scale=tuple(stack.scale[i] for i in perm),
+        units=tuple(stack.units[i] for i in perm),
+    )
+
+
+def _calibration(stack: Stack) -> dict[str, tuple[float, str | None]]:
+    """Known pixel sizes by axis letter, with their normalized unit (or None)."""
+    return {
+        a: (float(s), normalize_unit(u))
+        for a, s, u in zip(stack.axes, stack.scale, stack.units, strict=True)
+        if s is not None
+    }
+
+
+def _imagej_unit(unit: str) -> str:
+    return _IMAGEJ_UNITS.get(unit, unit)
+
+
+def _imagej_metadata(stack: Stack) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """ImageJ description entries and X/YResolution (pixels per unit) of `stack`."""
+    cal = _calibration(stack)
+    metadata: dict[str, Any] = {"axes": stack.axes.upper()}
+    resolution = None
+    units: dict[str, str | None] = {}
+    if "x" in cal and "y" in cal:
+        resolution = (1.0 / cal["x"][0], 1.0 / cal["y"][0])
+        units.update(x=cal["x"][1], y=cal["y"][1])
+    if "z" in cal:
+        metadata["spacing"] = cal["z"][0]
+        units["z"] = cal["z"][1]
+    # ImageJ's "unit" is the unit of x (and of y and z unless yunit/zunit say otherwise)
+    main = units.get("x") if resolution is not None else units.get("z")
+    if main is not None:
+        metadata["unit"] = _imagej_unit(main)
+    for a in "yz":
+        unit = units.get(a)
+        if unit is not None and unit != main:
+            metadata[f"{a}unit"] = _imagej_unit(unit)
+    if "t" in cal and cal["t"][1] in _SECONDS:
+        metadata["finterval"] = cal["t"][0] * _SECONDS[str(cal["t"][1])]
+    return metadata, resolution
+
+
+def _ome_metadata(stack: Stack) -> dict[str, Any]:
+    """OME-XML attributes (PhysicalSize*, TimeIncrement, channel names) of `stack`."""
+    cal = _calibration(stack)
+    metadata: dict[str, Any] = {"axes": stack.axes.upper()}
+    if stack.name:
+        metadata["Name"] = stack.name
+    for a in "xyz":
+        if a not in cal:
+            continue
+        size, unit = cal[a]
+        if unit is not None and unit not in _OME_LENGTH_UNITS:
+            continue  # OME has no name for it; its default (µm) would be a lie
+        metadata[f"PhysicalSize{a.upper()}"] = size
+        metadata[f"PhysicalSize{a.upper()}Unit"] = (
+            "pixel" if unit is None else _OME_LENGTH_UNITS[unit]
+        )
+    if "t" in cal and cal["t"][1] in _OME_TIME_UNITS:
+        metadata["TimeIncrement"] = cal["t"][0]
+        metadata["TimeIncrementUnit"] = _OME_TIME_UNITS[str(cal["t"][1])]
+    names = stack.attrs.get("channel_names")
+    if "c" in stack.axes and names is not None and len(names) == stack.sizes["c"]:
+        metadata["Channel"] = {"Name": [str(n) for n in names]}
+    return metadata
+
+
+def _tag_resolution(stack: Stack) -> tuple[tuple[float, float] | None, str | None]:
+    """X/YResolution in pixels per centimeter, as standard TIFF readers expect."""
+    cal = _calibration(stack)
+    if "x" not in cal or "y" not in cal:
+        return None, None
+    (sx, ux), (sy, uy) = cal["x"], cal["y"]
+    if ux not in _CENTIMETERS or uy not in _CENTIMETERS:
+        return None, None
+    return (1.0 / (sx * _CENTIMETERS[str(ux)]), 1.0 / (sy * _CENTIMETERS[str(uy)])), "CENTIMETER"
+
+
+def _layout(stack: Stack, *, ome: bool) -> _Layout:
+    dtype = stack.dtype.newbyteorder("=")
+    shape = stack.shape
+    bigtiff = math.prod(shape) * dtype.itemsize > BIGTIFF_THRESHOLD
+    if ome:
+        if dtype not in _OME_DTYPES:
+            msg = (
+                f"OME-TIFF cannot store pixels of dtype {dtype}: write a .tif or .zarr, "
+                "or cast the stack to a 32-bit type"
+            )
+            raise ValueError(msg)
+        resolution, unit = _tag_resolution(stack)
+        return _Layout("ome", bigtiff, shape, dtype, _ome_metadata(stack), resolution, unit)
+    if dtype in IMAGEJ_DTYPES and not bigtiff:
+        metadata, resolution = _imagej_metadata(stack)
+        return _Layout("imagej", False, shape, dtype, metadata, resolution)
+    metadata = {"axes": stack.axes.upper(), "zchunk": stack_attributes(stack)}
+    resolution, unit = _tag_resolution(stack)
+    return _Layout("shaped", bigtiff, shape, dtype, metadata, resolution, unit)
+
+
+class _FileRegions:
+    """A ``dask.array.store`` target writing regions of a C-ordered array inside a file.
+
+    Picklable (it holds a path, not an open file or a memory map), so it works with the
+    process and distributed schedulers; each write opens the file, writes the contiguous runs
+    of its region with seek + write, and closes it, so no mapped pages accumulate.
+    """
+
+    def __init__(
+        self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> None:
+        self.path = path
+        self.offset = offset
+        self.shape = shape
+        self.dtype = dtype
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        starts = [k.indices(n)[0] for k, n in zip(key, self.shape, strict=True)]
+        lengths = value.shape
+        ndim = len(self.shape)
+        # first axis after which the region spans whole rows: runs are contiguous from there
+        split = ndim - 1
+        while split > 0 and lengths[split] == self.shape[split]:
+            split -= 1
+        strides = [math.prod(self.shape[i + 1 :]) for i in range(ndim)]
+        base = sum(starts[i] * strides[i] for i in range(split, ndim))
+        with open(self.path, "r+b") as fh:
+            for index in np.ndindex(*lengths[:split]):
+                element = base + sum((starts[i] + j) * strides[i] for i, j in enumerate(index))
+                fh.seek(self.offset + element * self.dtype.itemsize)
+                fh.write(memoryview(value[index]).cast("B"))
+
+
+def _write_uncompressed(tmp: Path, data: da.Array, layout: _Layout) -> None:
+    located = tifffile.imwrite(
+        tmp,
+        None,
+        bigtiff=layout.bigtiff,
+        returnoffset=True,
+        **_kind_arg(layout.kind),
+        **layout.write_args(),
+    )
+    if located is None:  # pragma: no cover - tifffile lays uncompressed strips out contiguously
+        msg = f"tifffile did not write {tmp} contiguously"
+        raise RuntimeError(msg)
+    regions = _FileRegions(os.fspath(tmp), located[0], layout.shape, layout.dtype)
+    store_blocks(data, regions, tmp)
+
+
+def _pages(array: zarr.Array[Any], shape: tuple[int, ...]) -> Iterator[np.ndarray[Any, Any]]:
+    for index in np.ndindex(*shape[:-2]):
+        yield np.asarray(array[index])
+
+
+def _write_compressed(
+    tmp: Path, final: Path, data: da.Array, layout: _Layout, axes: str, compression: str
+) -> None:
+    page_bytes = math.prod(layout.shape[-2:]) * layout.dtype.itemsize
+    write_args = {
+        "compression": compression,
+        # strips are encoded in parallel a batch at a time: one page's worth (default 512 MB)
+        "buffersize": page_bytes,
+        **layout.write_args(),
+    }
+    kind = _kind_arg(layout.kind)
+    if data.ndim == 2:
+        plane = data.compute()  # a (y, x) result: one page, small by construction
+        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff:
+            tiff.write(np.asarray(plane), **write_args)
+        return
+    scratch = sibling_name(final, "scratch")
+    try:
+        data = regular_grid(data)
+        array = create_aligned_array(
+            os.fspath(scratch), data, axes=axes, level=1, dimension_names=False
+        )
+        store_blocks(data, array, scratch)
+        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff:
+            tiff.write(_pages(array, layout.shape), **write_args)
+    finally:
+        abandon(scratch)
+
+
+def to_tiff(
+    stack: Stack,
+    path: PathLike,
+    /,
+    *,
+    overwrite: bool = False,
+    compression: str | None = None,
+    ome: bool = False,
+) -> Path:
+    """Write `stack` to a multi-page TIFF in bounded memory, atomically.
+
+    The format depends on what ImageJ (Fiji) can read:
+
+    - uint8, uint16 and float32 stacks up to :data:`BIGTIFF_THRESHOLD` bytes (4 GB less
+      32 MB) become ImageJ hyperstacks, with the calibration in ImageJ's terms: pixel width
+      and height in the X/YResolution tags, ``unit`` (``um``, ``nm``...), z ``spacing`` and
+      the frame interval ``finterval`` (in seconds) in the description.
+    - Other dtypes (float64, int8, int16, int32, uint32, int64, float16...), which ImageJ
+      cannot store as such, become tifffile "shaped" TIFFs: the axes and the full calibration
+      go in the JSON description (``{"axes": "ZYX", "zchunk": {"scale": [...], ...}}``,
+      read by tifffile as ``TiffFile.shaped_metadata``) and the pixel size in the
+      X/YResolution tags in pixels per centimeter, which Fiji reads.
+    - Above the threshold the file is a BigTIFF with tifffile's shaped metadata (or OME
+      with ``ome=True``), never ImageJ: ImageJ does not read ImageJ-flavoured BigTIFF, and
+      tifffile's alternative (a classic TIFF with one IFD and the pages stored contiguously
+      past 4 GB, ImageJ's own layout) shows a single page to every standard TIFF reader and
+      cannot be compressed. A BigTIFF opens in tifffile and in Fiji through Bio-Formats;
+      write ``.ome.tif`` to keep the z and t calibration visible to Fiji there.
+    - ``ome=True`` writes OME-TIFF (BigTIFF when large) with ``PhysicalSizeX/Y/Z`` and
+      ``TimeIncrement`` with their units and the channel names.
+
+    Axes are written in TZCYX order (a subset of it), as ImageJ requires; stacks in another
+    order are transposed lazily. Unknown pixel sizes are not written (never 1.0); a size
+    without a unit is written without one (OME: unit "pixel"), and a frame interval without a
+    time unit is not written.
+
+    Memory: uncompressed output is laid out first and every dask block is computed once and
+    written to its bytes in any order (about one block per worker thread). Compressed pages
+    must be written in order: a 2-D result is computed whole (it is one plane), a volume is
+    first computed block by block into a scratch zarr array next to the output (one shard per
+    block, one chunk per plane of it), then written page by page from there, so memory is one
+    page plus one chunk, and the scratch array is deleted afterwards. It needs free disk space
+    for about the compressed size of the data.
+
+    Parameters
+    ----------
+    stack : Stack
+        Pixels and calibration; must have y and x axes. The dtype is written as is.
+    path : str or os.PathLike
+        Output file (``.tif``, ``.tiff``; ``.ome.tif`` goes with ``ome=True``). Missing parent
+        folders are created.
+    overwrite : bool
+        Replace an existing `path`. An input of `stack` (``stack.attrs["source_paths"]``) is
+        never replaced.
+    compression : str, optional
+        None (default, fastest, readable by every program) or a lossless codec: ``"zlib"``,
+        ``"deflate"``, ``"lzw"``, ``"zstd"``, ``"lzma"``, ``"packbits"``. ImageJ reads zlib,
+        deflate, lzw and packbits, not zstd or lzma.
+    ome : bool
+        Write OME-TIFF metadata instead of ImageJ's.
+
+    Returns
+    -------
+    Path
+        The absolute output path.
+
+    Raises
+    ------
+    OutputExistsError
+        If `path` exists and `overwrite` is false, or if `path` is (or is inside) an input.
+    ValueError
+        If the dtype is not an integer or float type, if OME-TIFF cannot store it (64-bit
+        integers, float16), if the stack has no y or x axis, or if `compression` is unknown.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from zchunk.stack import Stack
+    >>> s = Stack(
+    ...     da.ones((3, 4, 5), dtype="uint16", chunks=(3, 2, 5)),
+    ...     scale=(2.0, 0.5, 0.5),
+    ...     units=("micrometer",) * 3,
+    ... )
+    >>> out = to_tiff(s, os.path.join(tempfile.mkdtemp(), "a.tif"))
+    >>> with tifffile.TiffFile(out) as tif:
+    ...     tif.series[0].axes, tif.imagej_metadata["spacing"], tif.imagej_metadata["unit"]
+    ('ZYX', 2.0, 'um')
+    """
+    check_writable(stack)
+    codec = _normalize_compression(compression)
+    stack = _tiff_order(stack)
+    layout = _layout(stack, ome=ome)
+    final = prepare_output(path, stack.attrs, overwrite=overwrite)
+    data = native_order(stack.data)
+    with atomic_output(final, overwrite=overwrite) as tmp:
+        if codec is None:
+            _write_uncompressed(tmp, data, layout)
+        else:
+            _write_compressed(tmp, final, data, layout, stack.axes, codec)
+    return final

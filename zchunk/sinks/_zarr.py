@@ -1,0 +1,307 @@
+"""Zarr v3 output: one shard per dask block, one inner chunk per plane of that block.
+
+The array is created first, then every dask block is computed once and written to exactly
+the shard it covers (``dask.array.store`` with ``lock=False``). Writes are shard-aligned by
+construction: zarr-python writes unaligned regions of a shard with a read-modify-write that
+silently loses data when two tasks touch the same shard.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from zchunk.sinks._atomic import GuardedTarget, atomic_output, prepare_output
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from zarr.storage import StoreLike
+
+    from zchunk._types import PathLike
+    from zchunk.stack import Stack
+
+__all__ = [
+    "check_writable",
+    "create_aligned_array",
+    "native_order",
+    "regular_grid",
+    "stack_attributes",
+    "store_blocks",
+    "to_zarr",
+]
+
+#: Compressor of zarr outputs: zstd level 3 inside Blosc, with byte shuffling.
+DEFAULT_COMPRESSION_LEVEL = 3
+
+
+def check_writable(stack: Stack) -> None:
+    """Raise ValueError unless `stack` holds a non-empty array of integers or floats.
+
+    Examples
+    --------
+    >>> from zchunk.stack import Stack
+    >>> check_writable(Stack(np.zeros((2, 3), dtype=bool)))
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot write pixels of dtype bool: cast the stack to an integer or float dtype first (e.g. uint8)
+    """
+    dtype = stack.dtype
+    if dtype.kind not in "uif":
+        msg = (
+            f"cannot write pixels of dtype {dtype}: cast the stack to an integer or float "
+            "dtype first (e.g. uint8)"
+        )
+        raise ValueError(msg)
+    if stack.data.size == 0:
+        msg = f"cannot write an empty stack of shape {stack.shape}"
+        raise ValueError(msg)
+
+
+def native_order(data: da.Array) -> da.Array:
+    """Return `data` lazily converted to the machine's byte order, if it is not already."""
+    dtype = np.dtype(data.dtype)
+    if dtype.isnative:
+        return data
+    out: da.Array = data.astype(dtype.newbyteorder("="))
+    return out
+
+
+def _is_regular(chunks: tuple[int, ...]) -> bool:
+    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
+
+
+def regular_grid(data: da.Array) -> da.Array:
+    """Return `data` with chunks on a regular grid, as zarr needs, rechunking only if necessary.
+
+    A regular grid has equal chunks along each axis except a smaller last one. Along an axis
+    whose chunks are irregular, the target chunk is the first chunk's size, except along the
+    first axis of a volume (ndim >= 3: z, or t for a timelapse), which is never split: irregular
+    chunks there are merged into one chunk spanning the axis.
+
+    Examples
+    --------
+    >>> x = da.zeros((4, 10, 6), chunks=((4,), (3, 3, 4), (6,)))
+    >>> regular_grid(x).chunks
+    ((4,), (3, 3, 3, 1), (6,))
+    >>> regular_grid(da.zeros((5, 4), chunks=((2, 3), 4))).chunks
+    ((2, 2, 1), (4,))
+    """
+    target: list[int] = []
+    changed = False
+    for axis, chunks in enumerate(data.chunks):
+        if _is_regular(chunks):
+            target.append(chunks[0])
+            continue
+        changed = True
+        target.append(int(data.shape[axis]) if axis == 0 and data.ndim >= 3 else chunks[0])
+    if not changed:
+        return data
+    out: da.Array = data.rechunk(tuple(target))
+    return out
+
+
+def _plane_axes(axes: str) -> tuple[int, int]:
+    if "y" in axes and "x" in axes:
+        return axes.index("y"), axes.index("x")
+    return len(axes) - 2, len(axes) - 1
+
+
+def plane_chunks(block: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    """Return the inner chunk of a shard `block`: one (y, x) plane of it for ndim >= 3.
+
+    A 2-D block is its own single chunk: the result of a projection is small, read whole, and
+    only one plane deep, so splitting it buys nothing.
+
+    Examples
+    --------
+    >>> plane_chunks((16, 64, 128), "zyx"), plane_chunks((1, 16, 64, 128), "tzyx")
+    ((1, 64, 128), (1, 1, 64, 128))
+    >>> plane_chunks((64, 128), "yx")
+    (64, 128)
+    """
+    if len(block) < 3:
+        return block
+    keep = _plane_axes(axes)
+    return tuple(n if i in keep else 1 for i, n in enumerate(block))
+
+
+def create_aligned_array(
+    store: StoreLike,
+    data: da.Array,
+    /,
+    *,
+    axes: str,
+    name: str | None = None,
+    attributes: dict[str, Any] | None = None,
+    zarr_format: Literal[2, 3] = 3,
+    level: int = DEFAULT_COMPRESSION_LEVEL,
+    dimension_names: bool = True,
+) -> zarr.Array[Any]:
+    """Create an empty zarr array whose write units are the blocks of `data`.
+
+    Parameters
+    ----------
+    store : StoreLike
+        Where to create the array (a folder path, a store or a group's store).
+    data : dask.array.Array
+        The array to be written; its chunks must be a regular grid (see :func:`regular_grid`).
+    axes : str
+        Axis letters of `data`, used as dimension names and to find the plane axes.
+    name : str, optional
+        Path of the array inside `store` (``"0"`` for an OME-Zarr level).
+    attributes : dict, optional
+        JSON attributes of the array.
+    zarr_format : {3, 2}
+        Zarr v3 writes one shard per block with one inner chunk per plane of the block; zarr
+        v2 has no shards and uses the plane chunks directly, which every block covers whole.
+    level : int
+        zstd compression level (Blosc, byte shuffle).
+    dimension_names : bool
+        Write the axes as dimension names (zarr v3 only).
+
+    Returns
+    -------
+    zarr.Array
+        The new array, filled with zeros; every chunk is written even if all zero.
+    """
+    block = tuple(int(c[0]) for c in data.chunks)
+    inner = plane_chunks(block, axes)
+    common: dict[str, Any] = {
+        "name": name,
+        "shape": tuple(int(n) for n in data.shape),
+        "dtype": np.dtype(data.dtype),
+        "fill_value": 0,
+        "attributes": attributes,
+        "zarr_format": zarr_format,
+        # every chunk exists on disk, so a reader can tell a missing chunk from zeros
+        "config": {"write_empty_chunks": True},
+    }
+    if zarr_format == 3:
+        array = zarr.create_array(
+            store,
+            chunks=inner,
+            shards=block,
+            compressors=BloscCodec(cname="zstd", clevel=level, shuffle="shuffle"),
+            dimension_names=list(axes) if dimension_names else None,
+            **common,
+        )
+    else:
+        compressor: dict[str, Any] = {"id": "blosc", "cname": "zstd", "clevel": level, "shuffle": 1}
+        array = zarr.create_array(
+            store,
+            chunks=inner,
+            compressors=compressor,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            **common,
+        )
+    return array
+
+
+def store_blocks(data: da.Array, target: Any, root: Path) -> None:
+    """Compute every block of `data` once and write it to the same region of `target`.
+
+    Uses the dask scheduler of the caller (``dask.config``), so progress bars and distributed
+    clusters apply. The regions of `target` that blocks write must not overlap its write units
+    partially (zarr shards, chunks), which :func:`create_aligned_array` guarantees. `root` is
+    the temporary file or folder `target` writes into (see :class:`GuardedTarget`).
+    """
+    guarded: Any = GuardedTarget(target, root)  # dask annotates targets as ArrayLike
+    da.store(data, guarded, lock=False, compute=True)
+
+
+def _json_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def stack_attributes(stack: Stack) -> dict[str, Any]:
+    """Return the calibration of `stack` as JSON-ready zchunk metadata.
+
+    Examples
+    --------
+    >>> from zchunk.stack import Stack
+    >>> s = Stack(np.zeros((2, 3, 4), "uint8"), scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
+    >>> stack_attributes(s)["scale"], stack_attributes(s)["axes"]
+    ([2.0, 0.5, 0.5], 'zyx')
+    """
+    channel_names = stack.attrs.get("channel_names")
+    return {
+        "axes": stack.axes,
+        "scale": [_json_float(s) for s in stack.scale],
+        "units": list(stack.units),
+        "name": stack.name,
+        "channel_names": None if channel_names is None else [str(c) for c in channel_names],
+    }
+
+
+def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path:
+    """Write `stack` to a zarr v3 array, block by block, atomically.
+
+    Every dask block is computed once and written to its own shard: shards are the block
+    shape (the last shard along an axis may be cut by the array edge) and inner chunks are one
+    (y, x) plane of a block for 3-D and larger stacks, so a viewer reads a plane without
+    decoding the whole z range. A 2-D stack (a projection) has one inner chunk per shard. When
+    the dask chunks are not a regular grid, the data are first rechunked to one (see
+    :func:`regular_grid`: the first chunk size along each axis; the first axis of a volume is
+    never split, only merged). Peak memory is about one block per dask worker thread.
+
+    The folder is written under a temporary name next to `path` and renamed onto `path` at
+    the end; on any error nothing is left behind.
+
+    Parameters
+    ----------
+    stack : Stack
+        Pixels and calibration; dtype is kept as is (integers or floats).
+    path : str or os.PathLike
+        Output folder, conventionally ending in ``.zarr``. Missing parent folders are created.
+    overwrite : bool
+        Replace an existing `path`. An input of `stack` (``stack.attrs["source_paths"]``) is
+        never replaced.
+
+    Returns
+    -------
+    Path
+        The absolute output path.
+
+    Raises
+    ------
+    OutputExistsError
+        If `path` exists and `overwrite` is false, or if `path` is (or is inside, or holds) an
+        input of the stack.
+    ValueError
+        If the dtype is not an integer or float type (bool, complex, object...).
+
+    Notes
+    -----
+    The array attributes hold the calibration as ``{"zchunk": {"axes": "zyx", "scale": [...],
+    "units": [...], "name": ..., "channel_names": ...}}`` (unknown values are ``null``); the
+    dimension names are the axis letters and the fill value is 0. Every chunk is written even
+    when it is all zeros, so that a missing chunk always means damaged data.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from zchunk.stack import Stack
+    >>> s = Stack(da.ones((4, 6, 8), dtype="uint16", chunks=(4, 3, 8)), scale=(2.0, 0.5, 0.5))
+    >>> out = to_zarr(s, os.path.join(tempfile.mkdtemp(), "a.zarr"))
+    >>> z = zarr.open_array(out, mode="r")
+    >>> z.shards, z.chunks, int(z[:].sum()), z.attrs["zchunk"]["scale"]
+    ((4, 3, 8), (1, 3, 8), 192, [2.0, 0.5, 0.5])
+    """
+    check_writable(stack)
+    final = prepare_output(path, stack.attrs, overwrite=overwrite)
+    data = regular_grid(native_order(stack.data))
+    with atomic_output(final, overwrite=overwrite) as tmp:
+        array = create_aligned_array(
+            os.fspath(tmp),
+            data,
+            axes=stack.axes,
+            attributes={"zchunk": stack_attributes(stack)},
+        )
+        store_blocks(data, array, tmp)
+    return final
