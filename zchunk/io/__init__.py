@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -291,13 +292,17 @@ def open(
     ('zyx', (4, 32, 32), (4,))
     """
     if isinstance(source, (np.ndarray, da.Array)):
-        return _open_array(source, axes, memory_limit, whole)
-    kind, paths = _list_sources(source)
-    if kind == "zarr":
-        return _open_zarr(paths[0], axes, memory_limit, whole)
-    if kind == "files":
-        bad = [p for p in paths if _zarr.is_zarr(p)]
-        if bad:
-            msg = f"{bad[0]} is a zarr store: open it on its own"
-            raise StackFormatError(msg)
-    return _open_tiff(kind, paths, axes, memory_limit, whole)
+        stack = _open_array(source, axes, memory_limit, whole)
+    else:
+        kind, paths = _list_sources(source)
+        if kind == "zarr":
+            stack = _open_zarr(paths[0], axes, memory_limit, whole)
+        else:
+            bad = [p for p in paths if _zarr.is_zarr(p)]
+            if bad:
+                msg = f"{bad[0]} is a zarr store: open it on its own"
+                raise StackFormatError(msg)
+            stack = _open_tiff(kind, paths, axes, memory_limit, whole)
+    # how to read the same source with another axis held whole (projections along t)
+    reopen = functools.partial(open, source, axes=axes, memory_limit=memory_limit)
+    return stack.replace(attrs={**stack.attrs, "reopen": reopen, "read_name": stack.data.name})

@@ -1,1 +1,1 @@
-"""Projections, filters and the per-tile reduction kernels."""
+"""Operations on stacks: projections and filters (lazy, ``Stack -> Stack``)."""

@@ -1,0 +1,306 @@
+"""Projections along z (or t): max, min, sum, mean, std, median, percentile.
+
+Every chunk holds the whole reduced axis, so each projection is one ``map_blocks`` over the
+chunks with no rechunk and no exchange between tasks. Several projections of one stack share
+the read tasks: computed together (``project_many`` then one store), each chunk is read once.
+
+Semantics
+---------
+``like="numpy"`` (default) gives NumPy's values and dtypes: max/min keep the dtype, sum follows
+``np.sum``, mean/median/percentile/std follow ``np.mean``/``np.median``/``np.percentile``/
+``np.std`` (ddof=0). NaN propagates as in NumPy (a column with a NaN projects to NaN, except
+max/min which also give NaN).
+
+``like="imagej"`` reproduces ImageJ 1.53's Image > Stacks > Z Project, bit for bit, for 8-bit,
+16-bit and 32-bit (float) stacks: Max and Min keep the type; Sum is a float32 running sum;
+Average is the float32 running sum divided by n in float32, rounded half up back to 8/16-bit
+(32-bit stays float32); Standard Deviation is float32 from double sums with ddof=1
+(``sqrt((n*sum2 - sum**2) / n / (n-1))``, 0 for one slice); Median is float32, the mean of the
+two middle values for an even count, rounded half up to 8-bit for 8-bit input.
+
+``dtype=`` casts the result: rounded to nearest and clipped to the target range, never wrapped
+(NaN becomes 0 in an integer result).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+
+import dask.array as da
+import numpy as np
+
+from zchunk.errors import ChunkingError
+from zchunk.ops import _kernels
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import DTypeLike
+
+    from zchunk.stack import Stack
+
+__all__ = ["METHODS", "cast_rounded", "project", "project_many"]
+
+Method = Literal["max", "min", "sum", "mean", "std", "median", "percentile"]
+METHODS: tuple[str, ...] = get_args(Method)
+_IMAGEJ_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+# numpy semantics ---------------------------------------------------------------------------
+
+
+def _np_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
+    if method == "median":
+        return _kernels.median(block, axis=axis)
+    if method == "percentile":
+        return _kernels.percentile(block, cast("float", q), axis=axis)
+    func: Callable[..., np.ndarray] = getattr(np, method)
+    return np.asarray(func(block, axis=axis))
+
+
+# ImageJ semantics ---------------------------------------------------------------------------
+
+
+def _float32_running_sum(block: np.ndarray, axis: int) -> np.ndarray:
+    """ImageJ's ``fpixels[i] += v`` slice after slice, in float32."""
+    moved = np.moveaxis(block, axis, 0)
+    acc = np.zeros(moved.shape[1:], dtype=np.float32)
+    for plane in moved:
+        np.add(acc, plane, out=acc, dtype=np.float32, casting="unsafe")
+    return acc
+
+
+def _round_half_up(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """ImageJ's ``(int)(value + 0.5)`` with clipping (TypeConverter without scaling)."""
+    info = np.iinfo(dtype)
+    out = np.floor(values.astype(np.float64) + 0.5)
+    return np.clip(np.nan_to_num(out, nan=0.0), info.min, info.max).astype(dtype)
+
+
+def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
+    dtype = block.dtype
+    n = block.shape[axis]
+    if method in ("max", "min"):
+        return np.asarray(getattr(np, method)(block, axis=axis))
+    if method == "sum":
+        return _float32_running_sum(block, axis)
+    if method == "mean":
+        avg = _float32_running_sum(block, axis) / np.float32(n)
+        return avg if dtype.kind == "f" else _round_half_up(avg, dtype)
+    if method == "std":
+        values = block.astype(np.float64)
+        s1 = np.zeros(np.delete(block.shape, axis), np.float64)
+        s2 = np.zeros_like(s1)
+        for plane in np.moveaxis(values, axis, 0):
+            s1 += plane
+            s2 += plane * plane
+        if n < 2:
+            return np.zeros(s1.shape, np.float32)
+        var = (n * s2 - s1 * s1) / n
+        with np.errstate(invalid="ignore"):
+            sd = np.where(var > 0, np.sqrt(var / (n - 1.0)), 0.0)
+        return sd.astype(np.float32)
+    if method == "median":
+        # sort as float32 and average the middle pair in float32, as ImageJ does
+        values32 = block.astype(np.float32)
+        if n % 2:
+            med = _kernels.order_statistics(values32, (n // 2,), axis=axis)[0]
+        else:
+            lo, hi = _kernels.order_statistics(values32, (n // 2 - 1, n // 2), axis=axis)
+            med = (lo + hi) / np.float32(2)
+        return _round_half_up(med, dtype) if dtype == np.uint8 else med.astype(np.float32)
+    msg = f"method {method!r} has no ImageJ equivalent; use like='numpy'"
+    raise ValueError(msg)
+
+
+# public API ---------------------------------------------------------------------------------
+
+
+def cast_rounded(values: np.ndarray, dtype: DTypeLike) -> np.ndarray:
+    """Cast to `dtype`, rounding to nearest and clipping to its range (never wrapping).
+
+    Examples
+    --------
+    >>> cast_rounded(np.array([-3.0, 2.5, 70000.0, np.nan]), "uint16")
+    array([    0,     2, 65535,     0], dtype=uint16)
+    """
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        with np.errstate(invalid="ignore"):
+            rounded = np.rint(values.astype(np.float64)) if values.dtype.kind == "f" else values
+            rounded = np.nan_to_num(rounded, nan=0.0) if rounded.dtype.kind == "f" else rounded
+            return np.clip(rounded, info.min, info.max).astype(target)
+    if target.kind == "f":
+        return values.astype(target)
+    msg = f"dtype={target} is not an integer or float type"
+    raise ValueError(msg)
+
+
+def _reducer(method: str, like: str, q: float | None, out_dtype: np.dtype[Any] | None) -> Any:
+    base = _ij_reduce if like == "imagej" else _np_reduce
+    func = functools.partial(base, method=method, q=q)
+    if out_dtype is None:
+        return func
+
+    def cast_after(block: np.ndarray, *, axis: int) -> np.ndarray:
+        return cast_rounded(func(block, axis=axis), out_dtype)
+
+    return cast_after
+
+
+def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> None:
+    if method not in METHODS:
+        msg = f"method={method!r} is not one of {', '.join(METHODS)}"
+        raise ValueError(msg)
+    if like not in ("numpy", "imagej"):
+        msg = f"like={like!r} must be 'numpy' or 'imagej'"
+        raise ValueError(msg)
+    if axis not in ("z", "t"):
+        msg = f"axis={axis!r} must be 'z' or 't'"
+        raise ValueError(msg)
+    if method == "percentile" and (q is None or not 0 <= float(q) <= 100):
+        msg = f"percentile needs q between 0 and 100, got q={q!r}"
+        raise ValueError(msg)
+    if like == "imagej" and stack.dtype not in _IMAGEJ_TYPES:
+        msg = (
+            f"like='imagej' works on ImageJ's types (uint8, uint16, float32), "
+            f"not {stack.dtype}; use like='numpy' or convert the stack"
+        )
+        raise ValueError(msg)
+    stack.axis(axis)  # StackFormatError naming the axes there are
+
+
+def _whole_along(stack: Stack, axis: str) -> Stack:
+    """Return `stack` with `axis` in one chunk: reopen the source, or refuse to reshuffle."""
+    i = stack.axis(axis)
+    if stack.data.numblocks[i] == 1:
+        return stack
+    reopen = stack.attrs.get("reopen")
+    if reopen is not None and stack.attrs.get("read_name") == stack.data.name:
+        fresh: Stack = reopen(whole=axis)
+        return fresh
+    msg = (
+        f"axis {axis!r} is split into {stack.data.numblocks[i]} chunks; open the stack with "
+        f"zchunk.open(..., whole={axis!r}) so every chunk holds the whole {axis} axis"
+    )
+    raise ChunkingError(msg)
+
+
+def _output_dtype(reducer: Any, dtype: np.dtype[Any], ndim: int, axis: int) -> np.dtype[Any]:
+    probe = np.zeros((2,) * ndim, dtype=dtype)
+    result: np.dtype[Any] = np.asarray(reducer(probe, axis=axis)).dtype
+    return result
+
+
+def project(
+    stack: Stack,
+    /,
+    method: Method = "max",
+    *,
+    axis: str = "z",
+    q: float | None = None,
+    like: Literal["numpy", "imagej"] = "numpy",
+    dtype: DTypeLike | None = None,
+) -> Stack:
+    """Project a stack along z (or t).
+
+    Parameters
+    ----------
+    stack : Stack
+        Input with a ``z`` (or ``t``) axis held whole in every chunk (as ``zchunk.open`` plans).
+    method : {"max", "min", "sum", "mean", "std", "median", "percentile"}
+        Reduction applied to every pixel's column.
+    axis : {"z", "t"}
+        Axis to reduce; a (t, z, y, x) stack gives (t, y, x) along z and (z, y, x) along t.
+    q : float, optional
+        Percentile in [0, 100], for ``method="percentile"`` only (linear interpolation).
+    like : {"numpy", "imagej"}
+        Whose semantics (values and output dtype) to follow; see the module docstring.
+    dtype : dtype, optional
+        Cast the result, rounded and clipped.
+
+    Returns
+    -------
+    Stack
+        Lazy result without the reduced axis; scale, units and attributes kept.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, a missing or out-of-range q, or ImageJ semantics on a type
+        ImageJ does not have.
+    ChunkingError
+        If `axis` is split across chunks and the stack cannot be reopened whole along it.
+
+    Examples
+    --------
+    >>> s = Stack(da.from_array(np.arange(24, dtype="uint8").reshape(2, 3, 4), chunks=(2, 2, 4)))
+    >>> project(s, "max").data.compute()[0]
+    array([12, 13, 14, 15], dtype=uint8)
+    >>> project(s, "median").data.dtype
+    dtype('float64')
+    """
+    if q is not None and method != "percentile":
+        msg = f"q={q!r} is only for method='percentile', not {method!r}"
+        raise ValueError(msg)
+    return project_many(stack, [method], axis=axis, q=q, like=like, dtype=dtype)[method]
+
+
+def project_many(
+    stack: Stack,
+    /,
+    methods: Sequence[Method],
+    *,
+    axis: str = "z",
+    q: float | None = None,
+    like: Literal["numpy", "imagej"] = "numpy",
+    dtype: DTypeLike | None = None,
+) -> dict[str, Stack]:
+    """Several projections that share one read of the data.
+
+    Same parameters as :func:`project`, with a list of methods (``q`` applies to
+    ``"percentile"``). The results share the read tasks: computed or saved together (as
+    ``zchunk.save_many`` and the CLI do), every chunk is read once for all methods.
+
+    Returns
+    -------
+    dict of str to Stack
+        One lazy projection per method, in the order given.
+
+    Examples
+    --------
+    >>> s = Stack(da.from_array(np.arange(24, dtype="uint8").reshape(2, 3, 4)))
+    >>> sorted(project_many(s, ["max", "min"]))
+    ['max', 'min']
+    """
+    if not methods:
+        msg = "methods is empty: give at least one projection"
+        raise ValueError(msg)
+    if len(set(methods)) != len(methods):
+        msg = f"methods {list(methods)} repeat a method"
+        raise ValueError(msg)
+    for method in methods:
+        _check(stack, method, axis, q if method == "percentile" else None, like)
+    stack = _whole_along(stack, axis)
+    i = stack.axis(axis)
+    out_dtype = None if dtype is None else np.dtype(dtype)
+    results: dict[str, Stack] = {}
+    for method in methods:
+        reducer = _reducer(method, like, q if method == "percentile" else None, out_dtype)
+        result_dtype = _output_dtype(reducer, stack.dtype, stack.data.ndim, i)
+        data = da.map_blocks(
+            reducer,
+            stack.data,
+            axis=i,
+            drop_axis=i,
+            dtype=result_dtype,
+            meta=np.empty((0,) * (stack.data.ndim - 1), dtype=result_dtype),
+            name=f"zchunk-{method}",
+        )
+        projected = stack.drop_axis(axis, data)
+        attrs = {k: v for k, v in projected.attrs.items() if k not in ("reopen", "read_name")}
+        attrs["projection"] = {"method": method, "axis": axis, "like": like, "q": q}
+        results[method] = projected.replace(name=f"{method}-{stack.name}", attrs=attrs)
+    return results
