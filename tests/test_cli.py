@@ -1,5 +1,8 @@
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -64,3 +67,122 @@ def test_bad_option_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["info"])
     assert exc.value.code == 2
+
+
+# project / compare / demo ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def zstack(tmp_path):
+    data = blobs((7, 40, 36), "uint16", seed=9)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX", "unit": "um"}
+    )
+    return str(path), data
+
+
+def test_project_single_file(zstack, tmp_path, capsys):
+    path, data = zstack
+    out = tmp_path / "MaxZ.tif"
+    assert main(["project", path, "-m", "max", "-o", str(out), "--no-progress"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        np.testing.assert_array_equal(tif.asarray(), data.max(axis=0))
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)
+    assert "max:" in capsys.readouterr().out
+
+
+def test_project_many_to_folder_json(zstack, tmp_path, capsys):
+    path, data = zstack
+    out = tmp_path / "proj"
+    argv = ["project", path, "-m", "max", "-m", "median", "-m", "percentile", "--q", "90"]
+    assert main([*argv, "-o", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(os.listdir(out)) == ["max.tif", "median.tif", "percentile90.tif"]
+    assert summary["methods"] == ["max", "median", "percentile"]
+    assert summary["peak_rss_mb"] > 0
+    np.testing.assert_array_equal(tifffile.imread(out / "median.tif"), np.median(data, axis=0))
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "percentile90.tif"), np.percentile(data, 90, axis=0)
+    )
+
+
+def test_project_imagej_zarr_format(zstack, tmp_path):
+    import zarr
+
+    path = zstack[0]
+    out = tmp_path / "proj"
+    argv = ["project", path, "-m", "mean", "-m", "median", "--like", "imagej", "--format", "zarr"]
+    assert main([*argv, "-o", str(out)]) == 0
+    mean = zarr.open_array(str(out / "mean.zarr"), mode="r")
+    assert mean.dtype == np.uint16
+    assert zarr.open_array(str(out / "median.zarr"), mode="r").dtype == np.float32
+
+
+def test_project_existing_output_needs_overwrite(zstack, tmp_path, capsys):
+    path, _ = zstack
+    out = tmp_path / "max.tif"
+    out.write_bytes(b"keep me")
+    assert main(["project", path, "-o", str(out)]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main(["project", path, "-o", str(out), "--overwrite", "--quiet"]) == 0
+    assert tifffile.imread(out).shape == (40, 36)
+
+
+def test_project_never_writes_over_input(zstack, capsys):
+    path, _ = zstack
+    before = Path(path).read_bytes()
+    assert main(["project", path, "-o", path, "--overwrite"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert Path(path).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-m", "percentile"], "needs q"),
+        (["-m", "max", "--axis", "t"], "axes are 'zyx'"),
+        (["-m", "max", "-m", "min"], "need a folder"),
+    ],
+)
+def test_project_user_errors(zstack, tmp_path, capsys, extra, message):
+    path = zstack[0]
+    code = main(["project", path, *extra, "-o", str(tmp_path / "o.tif")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_compare_exit_codes(zstack, tmp_path, capsys):
+    path, data = zstack
+    a = tmp_path / "a.tif"
+    b = tmp_path / "b.tif"
+    tifffile.imwrite(a, data.max(axis=0))
+    changed = data.max(axis=0).astype(np.float32)
+    changed[3, 4] += 2.5
+    tifffile.imwrite(b, changed)
+    assert main(["compare", str(a), str(a)]) == 0
+    assert "EQUAL" in capsys.readouterr().out
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "max abs difference 2.5" in out
+    assert "by more than 0: 1" in out
+    assert main(["compare", str(a), str(b), "--atol", "3"]) == 0
+    assert main(["compare", str(a), path]) == 1  # shapes differ
+    assert "different shapes" in capsys.readouterr().out
+    assert main(["compare", str(a), str(tmp_path / "missing.tif")]) == 2
+
+
+def test_demo_runs(tmp_path, capsys, monkeypatch):
+    from zchunk import demo
+
+    monkeypatch.setitem(demo.SIZES, "small", (12, 64, 48))
+    assert main(["demo", str(tmp_path / "d"), "--size", "small", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "12 images of 48 x 64 pixels" in out
+    assert "file and folder give identical projections" in out
+    assert (tmp_path / "d" / "projections-folder" / "median.tif").exists()
+    assert len(os.listdir(tmp_path / "d" / "embryo-planes")) == 12

@@ -5,6 +5,7 @@ and filters run per tile, in parallel, in memory set by a budget.
 """
 
 from zchunk._version import __version__
+from zchunk.compare import compare
 from zchunk.describe import info
 from zchunk.errors import (
     ChunkingError,
@@ -16,6 +17,8 @@ from zchunk.errors import (
     ZChunkError,
 )
 from zchunk.io import open
+from zchunk.ops.projection import project, project_many
+from zchunk.sinks import save, save_many
 from zchunk.stack import Stack
 
 __all__ = [
@@ -28,6 +31,11 @@ __all__ = [
     "StackFormatError",
     "ZChunkError",
     "__version__",
+    "compare",
     "info",
     "open",
+    "project",
+    "project_many",
+    "save",
+    "save_many",
 ]

@@ -56,6 +56,63 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        for name, path in summary["outputs"].items():
+            print(f"{name}: {path}")
+        print(
+            f"{summary['wall_s']:.1f} s, {summary['MB_per_s']:.0f} MB/s, "
+            f"peak memory {summary['peak_rss_mb']:.0f} MiB"
+        )
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from zchunk.pipeline import run_project
+
+    methods = args.method or ["max"]
+    summary = run_project(
+        args.source,
+        methods,
+        args.output,
+        axis=args.axis,
+        q=args.q,
+        like=args.like,
+        dtype=args.dtype,
+        fmt=args.format,
+        compression=args.compression,
+        axes=args.axes,
+        memory_limit=args.memory_limit,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else args.progress,
+    )
+    _print_summary(args, summary)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import zchunk
+
+    a = zchunk.open(args.a, memory_limit=args.memory_limit)
+    b = zchunk.open(args.b, memory_limit=args.memory_limit)
+    result = zchunk.compare(a, b, atol=args.atol)
+    if args.json:
+        print(json.dumps({"a": args.a, "b": args.b, **result.as_dict()}))
+    elif not args.quiet:
+        print(f"A: {args.a}  shape {result.shape_a}  {result.dtype_a}")
+        print(f"B: {args.b}  shape {result.shape_b}  {result.dtype_b}")
+        if result.max_abs_diff is None:
+            print("different shapes")
+        else:
+            print(f"max abs difference {result.max_abs_diff:g}")
+            print(f"pixels differing by more than {args.atol:g}: {result.differing}")
+        print("EQUAL" if result.equal else "DIFFERENT")
+    return 0 if result.equal else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from zchunk.demo import run_demo
 
@@ -76,6 +133,63 @@ def _parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_info)
+
+    from zchunk.ops.projection import METHODS
+    from zchunk.pipeline import FORMATS
+
+    p = sub.add_parser(
+        "project",
+        help="z (or t) projections: max, min, sum, mean, std, median, percentile",
+        description=(
+            "Project a stack along z (or t) with one or more methods, reading the input once. "
+            "With one -m, OUT is the output file (format from its suffix: .tif, .ome.tif, "
+            ".zarr, .ome.zarr); with several, OUT is a folder holding <method>.tif "
+            "(or --format zarr...)."
+        ),
+    )
+    _add_source(p)
+    p.add_argument(
+        "-m",
+        "--method",
+        action="append",
+        choices=METHODS,
+        help="projection method, repeatable (default: max)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output file, or folder for several -m")
+    p.add_argument("--axis", choices=["z", "t"], default="z", help="axis to reduce (default z)")
+    p.add_argument("--q", type=float, default=None, help="percentile in 0..100 (-m percentile)")
+    p.add_argument(
+        "--like",
+        choices=["numpy", "imagej"],
+        default="numpy",
+        help="numpy's dtypes (default) or ImageJ 1.53 Z Project, bit for bit",
+    )
+    p.add_argument("--dtype", default=None, help="cast results, rounded and clipped (e.g. uint16)")
+    p.add_argument(
+        "--format", choices=list(FORMATS), default=None, help="format of files in an OUT folder"
+    )
+    p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_run(p)
+    p.set_defaults(func=_cmd_project)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two images; exit 0 when equal within --atol, 1 when not",
+        description=(
+            "Compare two images (TIFF, zarr...) pixel by pixel, streamed. Prints both shapes and "
+            "dtypes, the max absolute difference and the number of pixels differing by more "
+            "than --atol. Exit code 0 when equal, 1 when different, 2 on error."
+        ),
+    )
+    p.add_argument("a", help="first image")
+    p.add_argument("b", help="second image")
+    p.add_argument("--atol", type=float, default=0.0, help="tolerated absolute difference")
+    p.add_argument("--memory-limit", default=None, help="memory budget, e.g. 2GiB")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="print nothing; use the exit code")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="make a sample stack and run the pipeline on it")
     p.add_argument("dir", nargs="?", default="zchunk-demo", help="output folder")

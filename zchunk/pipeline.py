@@ -7,6 +7,7 @@ here, inside ``with`` blocks.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,18 @@ import dask
 from dask.callbacks import Callback
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
-__all__ = ["ProgressBar", "compute_context", "progress_enabled"]
+__all__ = [
+    "FORMATS",
+    "ProgressBar",
+    "compute_context",
+    "output_paths",
+    "peak_rss_mb",
+    "progress_enabled",
+    "result_name",
+    "run_project",
+]
 
 SCHEDULERS = ("threads", "processes", "synchronous")
 
@@ -109,3 +119,117 @@ def compute_context(
         if progress:
             stack.enter_context(ProgressBar(description, nbytes=nbytes))
         yield
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, from the OS (MiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+#: Output formats of the CLI's ``--format`` and the file suffix each one gets.
+FORMATS = {"tif": ".tif", "ome.tif": ".ome.tif", "zarr": ".zarr", "ome.zarr": ".ome.zarr"}
+
+
+def result_name(method: str, q: float | None) -> str:
+    """File stem of a projection result: ``max``, ``median``, ``percentile95``.
+
+    Examples
+    --------
+    >>> result_name("max", None), result_name("percentile", 99.5)
+    ('max', 'percentile99.5')
+    """
+    return f"percentile{q:g}" if method == "percentile" and q is not None else method
+
+
+def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[str, str], bool]:
+    """Where each result goes: `out` itself for one result named with a suffix, else a folder.
+
+    Returns the paths by name and whether `out` is a folder of results.
+    """
+    from zchunk.sinks import SUFFIXES
+
+    if fmt is not None and fmt not in FORMATS:
+        msg = f"format {fmt!r} is not one of {', '.join(FORMATS)}"
+        raise ValueError(msg)
+    is_file = out.lower().endswith(SUFFIXES) and not os.path.isdir(out)
+    if len(names) == 1 and is_file:
+        return {names[0]: out}, False
+    if is_file:
+        msg = (
+            f"{len(names)} results need a folder for -o, not the file name {out!r}: "
+            "each result is written as <method>.tif inside it"
+        )
+        raise ValueError(msg)
+    suffix = FORMATS[fmt or "tif"]
+    return {n: os.path.join(out, f"{n}{suffix}") for n in names}, True
+
+
+def run_project(
+    source: Any,
+    methods: Sequence[str],
+    out: str,
+    *,
+    axis: str = "z",
+    q: float | None = None,
+    like: str = "numpy",
+    dtype: str | None = None,
+    fmt: str | None = None,
+    compression: str | None = None,
+    axes: str | None = None,
+    memory_limit: int | str | None = None,
+    workers: int | None = None,
+    scheduler: str = "threads",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Open `source`, project it with every method in one read, and write the results.
+
+    Returns a JSON-ready summary: inputs, outputs, methods, wall time, peak memory.
+    """
+    import zchunk
+    from zchunk.io import _tiff
+
+    t0 = time.perf_counter()
+    names = [result_name(m, q) for m in methods]
+    paths, _ = output_paths(out, names, fmt)
+    _tiff.READ_STATS.reset()
+    with compute_context(scheduler, workers=workers):
+        stack = zchunk.open(source, axes=axes, memory_limit=memory_limit, whole=axis)
+        results = zchunk.project_many(
+            stack,
+            list(methods),
+            axis=axis,
+            q=q,
+            like=like,
+            dtype=dtype,
+        )
+        by_name = {result_name(m, q): r for m, r in results.items()}
+        with compute_context(
+            scheduler,
+            workers=workers,
+            progress=progress_enabled(progress),
+            description=f"{'+'.join(names)} of {stack.name}",
+            nbytes=int(stack.data.nbytes),
+        ):
+            written = zchunk.save_many(by_name, paths, overwrite=overwrite, compression=compression)
+    wall = time.perf_counter() - t0
+    return {
+        "command": "project",
+        "input": str(source),
+        "input_shape": list(stack.shape),
+        "input_axes": stack.axes,
+        "input_bytes": int(stack.data.nbytes),
+        "methods": list(methods),
+        "axis": axis,
+        "like": like,
+        "outputs": {k: str(v) for k, v in written.items()},
+        "output_shape": list(next(iter(results.values())).shape),
+        "wall_s": round(wall, 3),
+        "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bytes_read": _tiff.READ_STATS.bytes_read,
+        "workers": workers,
+        "scheduler": scheduler,
+    }

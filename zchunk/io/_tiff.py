@@ -574,11 +574,12 @@ def block_reader(
 
     def make_spec(slices: tuple[slice, ...]) -> BlockSpec:
         lead = slices[:-2]
-        grid = np.indices([s.stop - s.start for s in lead]).reshape(len(lead), -1)
-        starts = np.array([s.start for s in lead])[:, None]
-        planes = (
-            np.ravel_multi_index(tuple(grid + starts), lead_shape) if lead else np.zeros(1, int)
-        )
+        if lead:
+            grid = np.indices([s.stop - s.start for s in lead]).reshape(len(lead), -1)
+            starts = np.array([s.start for s in lead])[:, None]
+            planes = np.ravel_multi_index(tuple(grid + starts), lead_shape)
+        else:  # a single (y, x) image
+            planes = np.zeros(1, dtype=np.int64)
         shape = tuple(s.stop - s.start for s in slices)
         return layout.block_spec(np.asarray(planes, dtype=np.int64), slices[-2], slices[-1], shape)
 

@@ -251,11 +251,11 @@ def project(
 def project_many(
     stack: Stack,
     /,
-    methods: Sequence[Method],
+    methods: Sequence[str],
     *,
     axis: str = "z",
     q: float | None = None,
-    like: Literal["numpy", "imagej"] = "numpy",
+    like: str = "numpy",
     dtype: DTypeLike | None = None,
 ) -> dict[str, Stack]:
     """Several projections that share one read of the data.

@@ -12,15 +12,26 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zchunk.sinks import _many
 from zchunk.sinks._ome_zarr import to_ome_zarr
 from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
 from zchunk.sinks._zarr import to_zarr
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from zchunk._types import PathLike
     from zchunk.stack import Stack
 
-__all__ = ["BIGTIFF_THRESHOLD", "SUFFIXES", "save", "to_ome_zarr", "to_tiff", "to_zarr"]
+__all__ = [
+    "BIGTIFF_THRESHOLD",
+    "SUFFIXES",
+    "save",
+    "save_many",
+    "to_ome_zarr",
+    "to_tiff",
+    "to_zarr",
+]
 
 #: Output suffixes understood by :func:`save`, longest first.
 SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
@@ -98,3 +109,48 @@ def save(
     if suffix == ".ome.zarr":
         return to_ome_zarr(stack, path, overwrite=overwrite)
     return to_zarr(stack, path, overwrite=overwrite)
+
+
+def save_many(
+    stacks: Mapping[str, Stack],
+    paths: Mapping[str, PathLike],
+    /,
+    *,
+    overwrite: bool = False,
+    compression: str | None = None,
+) -> dict[str, Path]:
+    """Write several results that share an input, reading the input once.
+
+    All results are computed together into scratch zarr arrays next to the outputs, then each
+    is written to its path with :func:`save` (format from the suffix). Every output is checked
+    (exists, would replace an input) before anything is computed.
+
+    Parameters
+    ----------
+    stacks : Mapping of str to Stack
+        Results by name, e.g. ``zchunk.project_many(s, ["max", "median"])``.
+    paths : Mapping of str to path
+        The output of each result, with the same keys.
+    overwrite : bool
+        Replace existing outputs (never an input).
+    compression : str, optional
+        TIFF compression (see :func:`to_tiff`).
+
+    Returns
+    -------
+    dict of str to Path
+        The absolute output paths.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from zchunk.stack import Stack
+    >>> from zchunk.ops.projection import project_many
+    >>> s = Stack(da.from_array(np.arange(60, dtype="uint8").reshape(3, 4, 5), chunks=(3, 2, 5)))
+    >>> folder = tempfile.mkdtemp()
+    >>> out = save_many(project_many(s, ["max", "min"]),
+    ...                 {"max": f"{folder}/max.tif", "min": f"{folder}/min.zarr"})
+    >>> sorted(p.name for p in out.values())
+    ['max.tif', 'min.zarr']
+    """
+    return _many.save_many(stacks, paths, save=save, overwrite=overwrite, compression=compression)
