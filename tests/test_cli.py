@@ -186,3 +186,50 @@ def test_demo_runs(tmp_path, capsys, monkeypatch):
     assert "file and folder give identical projections" in out
     assert (tmp_path / "d" / "projections-folder" / "median.tif").exists()
     assert len(os.listdir(tmp_path / "d" / "embryo-planes")) == 12
+
+
+def test_progress_bar_when_forced(zstack, tmp_path, capsys):
+    path = zstack[0]
+    assert main(["project", path, "-o", str(tmp_path / "m.tif"), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "max of stack.tif" in err
+    assert "100%" in err or "/" in err  # tasks done / total
+
+
+def test_filter_to_zarr_and_tiff(zstack, tmp_path, capsys):
+    import zarr
+    from scipy import ndimage
+
+    path, data = zstack
+    out = tmp_path / "g.zarr"
+    assert main(["filter", path, "gaussian", "--sigma", "1.5", "-o", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["output_dtype"] == "float32"
+    expected = ndimage.gaussian_filter(data.astype(np.float32), 1.5)
+    np.testing.assert_allclose(zarr.open_array(str(out), mode="r")[...], expected, rtol=1e-6)
+    tif = tmp_path / "edges.tif"
+    argv = ["filter", path, "sobel", "-o", str(tif), "--dtype", "uint16", "--compression", "zlib"]
+    assert main(argv) == 0
+    edges = tifffile.imread(tif)
+    assert edges.dtype == np.uint16
+    assert edges.shape == data.shape
+    assert edges.max() > 0
+
+
+def test_project_with_gaussian_prefilter(zstack, tmp_path):
+    from scipy import ndimage
+
+    path, data = zstack
+    out = tmp_path / "gmax.tif"
+    assert main(["project", path, "-m", "max", "--gaussian", "1", "-o", str(out)]) == 0
+    expected = ndimage.gaussian_filter(data.astype(np.float32), 1).max(axis=0)
+    np.testing.assert_allclose(tifffile.imread(out), expected, rtol=1e-6)
+
+
+def test_filter_user_errors(zstack, tmp_path, capsys):
+    path = zstack[0]
+    assert main(["filter", path, "gaussian", "-o", str(tmp_path / "g.tif")]) == 2
+    assert "sigma" in capsys.readouterr().err
+    assert main(["filter", path, "median", "--size", "0", "-o", str(tmp_path / "m.tif")]) == 2
+    assert "size" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]  # nothing written

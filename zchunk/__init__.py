@@ -17,6 +17,7 @@ from zchunk.errors import (
     ZChunkError,
 )
 from zchunk.io import open
+from zchunk.ops.filters import filter
 from zchunk.ops.projection import project, project_many
 from zchunk.sinks import save, save_many
 from zchunk.stack import Stack
@@ -32,6 +33,7 @@ __all__ = [
     "ZChunkError",
     "__version__",
     "compare",
+    "filter",
     "info",
     "open",
     "project",

@@ -72,6 +72,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from zchunk.pipeline import run_project
 
     methods = args.method or ["max"]
+    prefilter = None
+    if args.gaussian is not None:
+        prefilter = ("gaussian", {"sigma": args.gaussian, "per_plane": args.per_plane})
     summary = run_project(
         args.source,
         methods,
@@ -81,6 +84,42 @@ def _cmd_project(args: argparse.Namespace) -> int:
         like=args.like,
         dtype=args.dtype,
         fmt=args.format,
+        compression=args.compression,
+        axes=args.axes,
+        memory_limit=args.memory_limit,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else args.progress,
+        prefilter=prefilter,
+    )
+    _print_summary(args, summary)
+    return 0
+
+
+def _filter_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.sigma is not None:
+        params["sigma"] = args.sigma[0] if len(args.sigma) == 1 else tuple(args.sigma)
+    if args.size is not None:
+        params["size"] = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    if args.per_plane is not None:
+        params["per_plane"] = args.per_plane
+    if args.mode is not None:
+        params["mode"] = args.mode
+    if getattr(args, "dtype", None) is not None:
+        params["dtype"] = args.dtype
+    return params
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from zchunk.pipeline import run_filter
+
+    summary = run_filter(
+        args.source,
+        args.name,
+        args.output,
+        params=_filter_params(args),
         compression=args.compression,
         axes=args.axes,
         memory_limit=args.memory_limit,
@@ -169,10 +208,56 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=list(FORMATS), default=None, help="format of files in an OUT folder"
     )
     p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
+    p.add_argument(
+        "--gaussian",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="Gaussian low-pass (sigma in pixels) before projecting, in the same pass",
+    )
+    p.add_argument(
+        "--per-plane",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --gaussian: filter each plane in 2-D (ImageJ's stack mode)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_run(p)
     p.set_defaults(func=_cmd_project)
+
+    from zchunk.ops.filters import FILTERS, MODES
+
+    p = sub.add_parser(
+        "filter",
+        help="filter a whole volume: gaussian, sobel, median, ... streamed to TIFF or zarr",
+        description=(
+            "Filter a stack chunk by chunk (halos exchanged between y/x neighbours only) and "
+            "write the filtered volume; the format follows OUT's suffix (.tif, .ome.tif, .zarr, "
+            ".ome.zarr). Integer data are computed in float32; the output is float32 unless "
+            "--dtype casts it (rounded and clipped). Rank filters keep the input type."
+        ),
+    )
+    _add_source(p)
+    p.add_argument("name", choices=FILTERS, help="the filter")
+    p.add_argument(
+        "--sigma", type=float, nargs="+", help="Gaussian sigma in pixels: one, or one per z y x"
+    )
+    p.add_argument("--size", type=int, nargs="+", help="window size in pixels: one, or per z y x")
+    p.add_argument(
+        "--per-plane",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="filter each plane in 2-D (default: 3-D, except sobel/prewitt)",
+    )
+    p.add_argument("--mode", choices=MODES, default=None, help="border handling (default reflect)")
+    p.add_argument("--dtype", default=None, help="cast the output, rounded and clipped")
+    p.add_argument("-o", "--output", required=True, help="output .tif, .ome.tif, .zarr, .ome.zarr")
+    p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_run(p)
+    p.set_defaults(func=_cmd_filter)
 
     p = sub.add_parser(
         "compare",

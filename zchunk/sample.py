@@ -140,8 +140,17 @@ def write_tiff_stack(
     wargs = {k: kwargs.pop(k) for k in list(kwargs) if k in writer_keys}
     if "bigtiff" not in wargs:
         wargs["bigtiff"] = np.prod(shape) * np.dtype(dtype).itemsize > 2**32 - 2**25
+    planes = iter_blob_planes(shape, dtype, seed=seed)
+    if "tile" in kwargs:  # tifffile wants the tiles of each page, in order, from an iterator
+        th, tw = kwargs["tile"]
+        planes = (
+            plane[y : y + th, x : x + tw]
+            for plane in planes
+            for y in range(0, shape[-2], th)
+            for x in range(0, shape[-1], tw)
+        )
     with tifffile.TiffWriter(path, **wargs) as tif:
-        tif.write(iter_blob_planes(shape, dtype, seed=seed), shape=shape, dtype=dtype, **kwargs)
+        tif.write(planes, shape=shape, dtype=dtype, **kwargs)
     return path
 
 

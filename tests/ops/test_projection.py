@@ -214,3 +214,11 @@ def test_split_axis_is_refused():
     s = Stack(da.zeros((6, 4, 4), dtype=np.uint8, chunks=(3, 4, 4)))
     with pytest.raises(ChunkingError, match="split into 2 chunks"):
         project(s, "median")
+
+
+def test_results_of_different_inputs_do_not_collide():
+    zeros = Stack(da.zeros((3, 4, 4), dtype=np.uint8, chunks=(3, 2, 4)))
+    ones = Stack(da.ones((3, 4, 4), dtype=np.uint8, chunks=(3, 2, 4)))
+    a, b = dask.compute(project(zeros, "max").data, project(ones, "max").data)
+    assert a.max() == 0
+    assert b.min() == 1

@@ -244,6 +244,7 @@ def read_block(spec: BlockSpec) -> np.ndarray:
             if not spec.compressed and not spec.tiled:
                 os.posix_fadvise(fds[i], 0, 0, os.POSIX_FADV_RANDOM)
         read = _read_raw_rows if not spec.compressed and not spec.tiled else _read_segments
+        _prefetch(spec, fds)
         for p in range(nplanes):
             fi = int(spec.plane_file[p])
             read(spec, fds[fi], spec.files[fi].path, p, out[p])
@@ -256,16 +257,11 @@ def read_block(spec: BlockSpec) -> np.ndarray:
     return out.reshape(spec.shape)
 
 
-def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
-    """Read rows r0:r1 of one uncompressed, striped plane; only those bytes."""
+def _raw_parts(spec: BlockSpec, p: int) -> list[list[int]]:
+    """(file offset, first row in block, row count) of plane `p`'s rows, adjacent ones merged."""
     r0, r1 = spec.rows
-    c0, c1 = spec.cols
     sh = spec.segment_shape[0]
     row_bytes = spec.width * spec.dtype.itemsize
-    full_width = c0 == 0 and c1 == spec.width
-    target = out if full_width else np.empty((r1 - r0, spec.width), out.dtype)
-    flat = memoryview(target).cast("B")
-    # (file offset, row in block, row count) for every strip part, merged when adjacent
     parts: list[list[int]] = []
     for k, seg in enumerate(spec.segments):
         a, b = max(r0, int(seg) * sh), min(r1, (int(seg) + 1) * sh)
@@ -274,7 +270,38 @@ def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
             parts[-1][2] += b - a
         else:
             parts.append([offset, a - r0, b - a])
-    for offset, row, count in parts:
+    return parts
+
+
+def _prefetch(spec: BlockSpec, fds: dict[int, int]) -> None:
+    """Ask the kernel to start reading every byte range of the block at once.
+
+    The reads that follow then find their pages arriving from a deep I/O queue instead of
+    waiting for each range in turn (on a cold cache this is most of the speed).
+    """
+    raw = not spec.compressed and not spec.tiled
+    row_bytes = spec.width * spec.dtype.itemsize
+    for p in range(len(spec.plane_file)):
+        fd = fds[int(spec.plane_file[p])]
+        if raw:
+            for offset, _, count in _raw_parts(spec, p):
+                os.posix_fadvise(fd, offset, count * row_bytes, os.POSIX_FADV_WILLNEED)
+        else:
+            offsets, counts = spec.offsets[p], spec.bytecounts[p]
+            for first, stop in _runs(offsets, counts):
+                size = int(offsets[stop - 1] + counts[stop - 1] - offsets[first])
+                os.posix_fadvise(fd, int(offsets[first]), size, os.POSIX_FADV_WILLNEED)
+
+
+def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
+    """Read rows r0:r1 of one uncompressed, striped plane; only those bytes."""
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    row_bytes = spec.width * spec.dtype.itemsize
+    full_width = c0 == 0 and c1 == spec.width
+    target = out if full_width else np.empty((r1 - r0, spec.width), out.dtype)
+    flat = memoryview(target).cast("B")
+    for offset, row, count in _raw_parts(spec, p):
         _pread_into(fd, flat[row * row_bytes : (row + count) * row_bytes], offset, path)
     if not full_width:
         out[...] = target[:, c0:c1]

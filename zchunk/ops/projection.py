@@ -297,7 +297,7 @@ def project_many(
             drop_axis=i,
             dtype=result_dtype,
             meta=np.empty((0,) * (stack.data.ndim - 1), dtype=result_dtype),
-            name=f"zchunk-{method}",
+            token=f"zchunk-{method}",
         )
         projected = stack.drop_axis(axis, data)
         attrs = {k: v for k, v in projected.attrs.items() if k not in ("reopen", "read_name")}

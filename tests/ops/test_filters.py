@@ -1,0 +1,414 @@
+import functools
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import zchunk
+from zchunk.errors import ChunkingError, StackFormatError
+from zchunk.ops.filters import FILTERS, MODES
+from zchunk.ops.filters import filter as zfilter
+from zchunk.stack import Stack
+from zchunk.testing import blobs
+
+SHAPE = (9, 45, 61)
+CHUNKS = (9, 16, 25)  # bands and tiles that do not divide the shape: edges inside the image
+
+# name -> (parameters, scipy reference on the whole array, keeps the input dtype)
+CASES = {
+    "gaussian": ({"sigma": 1.5}, lambda a, m: ndimage.gaussian_filter(a, 1.5, mode=m), False),
+    "laplace": ({}, lambda a, m: ndimage.laplace(a, mode=m), False),
+    "gaussian_gradient_magnitude": (
+        {"sigma": (1.0, 1.5, 2.0)},
+        lambda a, m: ndimage.gaussian_gradient_magnitude(a, (1.0, 1.5, 2.0), mode=m),
+        False,
+    ),
+    "median": ({"size": 3}, lambda a, m: ndimage.median_filter(a, size=3, mode=m), True),
+    "uniform": (
+        {"size": (3, 5, 4)},
+        lambda a, m: ndimage.uniform_filter(a, (3, 5, 4), mode=m),
+        False,
+    ),
+    "minimum": ({"size": 4}, lambda a, m: ndimage.minimum_filter(a, size=4, mode=m), True),
+    "maximum": ({"size": 3}, lambda a, m: ndimage.maximum_filter(a, size=3, mode=m), True),
+}
+
+
+def _sobel_planes(a, mode="reflect", func=ndimage.sobel):
+    return np.stack([np.hypot(func(p, axis=0, mode=mode), func(p, axis=1, mode=mode)) for p in a])
+
+
+def _overlap_depths(array):
+    """Halo depth per axis of every overlap layer of the graph (dask's ArrayOverlapLayer)."""
+    layers = array.__dask_graph__().layers
+    return [dict(layer.axes) for name, layer in layers.items() if name.startswith("overlap")]
+
+
+def _assert_same_chunks_no_rechunk(out, stack):
+    assert out.data.chunks == stack.data.chunks
+    assert out.data.npartitions == stack.data.npartitions
+    assert not any("rechunk" in name for name in out.data.__dask_graph__().layers)
+
+
+def _assert_equal(name, got, ref):
+    assert got.dtype == ref.dtype
+    if name == "uniform":
+        # scipy's uniform_filter1d is a running sum along each line: a chunk's line starts
+        # at its halo, not at the image border, so the float rounding may differ in the last bit
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * float(np.abs(ref).max()))
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return blobs(SHAPE, np.uint16, seed=7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("mode", ["reflect", "nearest", "mirror", "constant"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_scipy_on_the_whole_array(name, mode, dtype):
+    params, ref, rank = CASES[name]
+    a = blobs(SHAPE, dtype, seed=7)  # float32 blobs are not whole numbers
+    stack = Stack(da.from_array(a, chunks=CHUNKS))
+    out = zfilter(stack, name, mode=mode, **params)
+    expected = ref(a if rank else a.astype(np.float32), mode)
+    _assert_equal(name, out.data.compute(), expected)
+    _assert_same_chunks_no_rechunk(out, stack)
+    depths = _overlap_depths(out.data)
+    assert depths, "y and x are split: halos are exchanged"
+    assert all(d[0] == 0 for d in depths), "z is one chunk: no halo along z"
+
+
+@pytest.mark.parametrize("mode", ["reflect", "nearest", "constant"])
+@pytest.mark.parametrize("name", ["sobel", "prewitt"])
+def test_edges_are_the_2d_magnitude_per_plane_by_default(name, mode, data):
+    stack = Stack(da.from_array(data, chunks=CHUNKS))
+    out = zfilter(stack, name, mode=mode)
+    func = getattr(ndimage, name)
+    np.testing.assert_array_equal(
+        out.data.compute(), _sobel_planes(data.astype(np.float32), mode, func)
+    )
+    assert out.attrs["filter"]["per_plane"] is True
+    assert out.attrs["filter"]["axes"] == "yx"
+    _assert_same_chunks_no_rechunk(out, stack)
+    assert all(d[0] == 0 for d in _overlap_depths(out.data))
+
+
+@pytest.mark.parametrize("name", ["sobel", "prewitt"])
+def test_edges_in_3d_are_the_magnitude_of_scipys_3d_derivatives(name, data):
+    a32 = data.astype(np.float32)
+    out = zfilter(Stack(da.from_array(data, chunks=CHUNKS)), name, per_plane=False)
+    got = out.data.compute()
+    derivatives = [getattr(ndimage, name)(a32, axis=axis) for axis in range(3)]
+    np.testing.assert_array_equal(got, functools.reduce(np.hypot, derivatives))
+    # hypot is sqrt(dz**2 + dy**2 + dx**2) without overflow, to float32 rounding
+    exact = np.sqrt(sum(d.astype(np.float64) ** 2 for d in derivatives))
+    np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6 * exact.max())
+    assert out.attrs["filter"]["axes"] == "zyx"
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "ref"),
+    [
+        ("gaussian", {"sigma": 2}, lambda p: ndimage.gaussian_filter(p, 2)),
+        ("gaussian", {"sigma": (1, 2)}, lambda p: ndimage.gaussian_filter(p, (1, 2))),
+        ("laplace", {}, ndimage.laplace),
+        ("median", {"size": 5}, lambda p: ndimage.median_filter(p, size=5)),
+        ("uniform", {"size": 3}, lambda p: ndimage.uniform_filter(p, size=3)),
+    ],
+)
+def test_per_plane_filters_each_plane_in_2d(name, params, ref, data):
+    stack = Stack(da.from_array(data, chunks=CHUNKS))
+    out = zfilter(stack, name, per_plane=True, **params)
+    planes = data if name == "median" else data.astype(np.float32)
+    _assert_equal(name, out.data.compute(), np.stack([ref(p) for p in planes]))
+    _assert_same_chunks_no_rechunk(out, stack)
+
+
+def test_per_plane_and_3d_gaussian_differ(data):
+    stack = Stack(da.from_array(data, chunks=CHUNKS))
+    flat = zfilter(stack, "gaussian", sigma=2, per_plane=True).data.compute()
+    volume = zfilter(stack, "gaussian", sigma=2).data.compute()
+    assert not np.allclose(flat, volume)
+    # sigma 0 along z is the per-plane filter
+    same = zfilter(stack, "gaussian", sigma=(0, 2, 2)).data.compute()
+    np.testing.assert_array_equal(same, flat)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("gaussian", {"sigma": 1.5}),
+        ("sobel", {}),
+        ("sobel", {"per_plane": False}),
+        ("laplace", {}),
+        ("gaussian_gradient_magnitude", {"sigma": 1}),
+        ("median", {"size": 3}),
+        ("maximum", {"size": (1, 3, 3)}),
+    ],
+)
+def test_time_points_are_never_mixed(name, params):
+    a = blobs((2, 5, 30, 33), np.uint16, seed=3)
+    stack = Stack(da.from_array(a, chunks=(1, 5, 12, 20)), axes="tzyx")
+    out = zfilter(stack, name, **params)
+    got = out.data.compute()
+    for t in range(2):
+        one = Stack(da.from_array(a[t], chunks=(5, 12, 20)))
+        np.testing.assert_array_equal(got[t], zfilter(one, name, **params).data.compute())
+    _assert_same_chunks_no_rechunk(out, stack)
+    depths = _overlap_depths(out.data)
+    assert depths
+    assert all(d[0] == 0 and d[1] == 0 for d in depths)  # no halo along t or z
+
+
+def test_channels_are_never_mixed_and_2d_stacks_work():
+    a = blobs((2, 3, 20, 24), np.uint8, seed=5)
+    stack = Stack(da.from_array(a, chunks=(1, 3, 8, 24)), axes="czyx")
+    got = zfilter(stack, "gaussian", sigma=1).data.compute()
+    for c in range(2):
+        ref = ndimage.gaussian_filter(a[c].astype(np.float32), 1)
+        np.testing.assert_array_equal(got[c], ref)
+    plane = Stack(da.from_array(a[0, 0], chunks=(7, 10)))
+    np.testing.assert_array_equal(
+        zfilter(plane, "sobel").data.compute(), _sobel_planes(a[0, :1].astype(np.float32))[0]
+    )
+
+
+# dtypes -----------------------------------------------------------------------------------------
+
+
+def test_uint16_sobel_does_not_wrap():
+    a = np.full((3, 20, 40), 100, dtype=np.uint16)
+    a[:, :, 21:] = 60000
+    out = zfilter(Stack(da.from_array(a, chunks=(3, 8, 16))), "sobel")
+    got = out.data.compute()
+    assert got.dtype == np.float32
+    ref = _sobel_planes(a.astype(np.float64))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.max())
+    assert got.max() == 4 * (60000 - 100) > np.iinfo(np.uint16).max
+
+
+def test_uint8_gaussian_is_computed_in_float32():
+    a = blobs((4, 20, 22), np.uint8, seed=1)
+    got = zfilter(Stack(da.from_array(a, chunks=(4, 7, 22))), "gaussian", sigma=1).data.compute()
+    np.testing.assert_array_equal(got, ndimage.gaussian_filter(a.astype(np.float32), 1))
+    assert not np.array_equal(got, np.round(got))  # not rounded back to integers
+
+
+@pytest.mark.parametrize(
+    ("in_dtype", "name", "out_dtype"),
+    [
+        (np.uint8, "laplace", np.float32),
+        (np.int16, "uniform", np.float32),
+        (np.float32, "gaussian", np.float32),
+        (np.float64, "gaussian", np.float64),
+        (np.float64, "sobel", np.float64),
+        (np.uint16, "median", np.uint16),
+        (np.uint8, "minimum", np.uint8),
+        (np.float64, "maximum", np.float64),
+        (np.float16, "median", np.float32),
+    ],
+)
+def test_output_dtype(in_dtype, name, out_dtype):
+    a = blobs((3, 12, 14), np.uint8, seed=2).astype(in_dtype)
+    params = {"gaussian": {"sigma": 1}, "uniform": {"size": 3}}.get(name, {})
+    if name in ("median", "minimum", "maximum"):
+        params = {"size": 3}
+    out = zfilter(Stack(da.from_array(a, chunks=(3, 5, 14))), name, **params)
+    assert out.data.dtype == out_dtype
+    got = out.data.compute()
+    assert got.dtype == out_dtype
+    if name == "gaussian" and in_dtype == np.float64:
+        np.testing.assert_array_equal(got, ndimage.gaussian_filter(a, 1))
+
+
+def test_dtype_casts_rounded_and_clipped_never_wrapped():
+    a = np.zeros((2, 10, 12), dtype=np.uint16)
+    a[:, :, 6:] = 1000
+    s = Stack(da.from_array(a, chunks=(2, 4, 12)))
+    edges = zfilter(s, "sobel", dtype="uint8").data.compute()
+    assert edges.dtype == np.uint8
+    assert edges.max() == 255  # 4000 clipped, not 4000 % 256
+    blurred = zfilter(s, "gaussian", sigma=1, dtype=np.uint16).data.compute()
+    ref = ndimage.gaussian_filter(a.astype(np.float32), 1)
+    np.testing.assert_array_equal(blurred, np.rint(ref).astype(np.uint16))
+    assert zfilter(s, "median", size=3, dtype="float32").data.compute().dtype == np.float32
+
+
+# chunks and graph -------------------------------------------------------------------------------
+
+
+def test_thin_z_3d_gaussian_needs_no_z_halo():
+    a = blobs((5, 40, 30), np.uint16, seed=4)  # a halo of 8 planes is deeper than the stack
+    stack = Stack(da.from_array(a, chunks=(5, 16, 30)))
+    out = zfilter(stack, "gaussian", sigma=2)
+    np.testing.assert_array_equal(
+        out.data.compute(), ndimage.gaussian_filter(a.astype(np.float32), 2)
+    )
+    _assert_same_chunks_no_rechunk(out, stack)
+    assert _overlap_depths(out.data) == [{0: 0, 1: 8, 2: 0}]  # x is one chunk: no halo
+
+
+def test_one_chunk_is_one_task_without_halo(data):
+    stack = Stack(da.from_array(data))
+    out = zfilter(stack, "median", size=3)
+    assert out.data.npartitions == 1
+    assert _overlap_depths(out.data) == []
+    np.testing.assert_array_equal(out.data.compute(), ndimage.median_filter(data, size=3))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "sigma", "merged"),
+    [
+        ((9, 16, 25), 3.5, ((9,), (16, 29), (25, 36))),  # halo 14: only the remainders merge
+        ((9, 10, 25), 4.0, ((9,), (20, 25), (25, 36))),  # halo 16 > every band: bands merge
+    ],
+)
+def test_halo_deeper_than_a_chunk_merges_neighbouring_chunks(chunks, sigma, merged, data):
+    stack = Stack(da.from_array(data, chunks=chunks))
+    out = zfilter(stack, "gaussian", sigma=sigma, per_plane=True)
+    assert out.data.chunks == merged  # z untouched, y/x boundaries a subset of the input's
+    ref = np.stack([ndimage.gaussian_filter(p, sigma) for p in data.astype(np.float32)])
+    np.testing.assert_array_equal(out.data.compute(), ref)
+
+
+def test_3d_filter_of_split_z_reopens_or_refuses():
+    a = blobs((2, 6, 20, 22), np.uint16, seed=8)
+    split = Stack(da.from_array(a, chunks=(1, 2, 20, 22)))
+    with pytest.raises(ChunkingError, match=r"z is split into 3 chunks.*per_plane=True"):
+        zfilter(split, "gaussian", sigma=1)
+    # per plane, z needs no halo and may stay split
+    flat = zfilter(split, "sobel").data
+    assert flat.chunks == split.data.chunks
+    opened = zchunk.open(a, whole="t")  # z split plane by plane, reopened with whole z
+    assert opened.data.numblocks[1] > 1
+    out = zfilter(opened, "gaussian", sigma=1)
+    assert out.data.numblocks[1] == 1
+    assert "reopen" not in out.attrs
+    assert "read_name" not in out.attrs
+    ref = np.stack([ndimage.gaussian_filter(v.astype(np.float32), 1) for v in a])
+    np.testing.assert_array_equal(out.data.compute(), ref)
+
+
+def test_graph_pickles_and_results_do_not_collide(data):
+    stack = Stack(da.from_array(data, chunks=CHUNKS))
+    one = zfilter(stack, "gaussian", sigma=1)
+    two = zfilter(stack, "gaussian", sigma=2)
+    assert one.data.name != two.data.name
+    assert one.data.name == zfilter(stack, "gaussian", sigma=1).data.name  # deterministic
+    got_one, got_two = dask.compute(one.data, two.data)
+    assert not np.array_equal(got_one, got_two)
+    pickle.loads(pickle.dumps(dict(one.data.__dask_graph__())))
+
+
+def test_result_keeps_calibration_and_describes_the_filter(data):
+    stack = zchunk.open(data)
+    stack = stack.replace(
+        scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3, name="cells.tif", attrs=stack.attrs
+    )
+    out = zfilter(stack, "gaussian", sigma=(1, 2, 2), mode="constant", cval=3)
+    assert (out.axes, out.scale, out.units, out.shape) == (
+        stack.axes,
+        stack.scale,
+        stack.units,
+        stack.shape,
+    )
+    assert out.name == "gaussian-cells.tif"
+    assert "reopen" not in out.attrs
+    assert "read_name" not in out.attrs
+    assert out.attrs["plan"] == stack.attrs["plan"]
+    assert out.attrs["filter"] == {
+        "name": "gaussian",
+        "sigma": (1.0, 2.0, 2.0),
+        "axes": "zyx",
+        "per_plane": False,
+        "mode": "constant",
+        "cval": 3.0,
+        "truncate": 4.0,
+    }
+    assert zfilter(stack, "median", size=3).attrs["filter"] == {
+        "name": "median",
+        "size": (3, 3, 3),
+        "axes": "zyx",
+        "per_plane": False,
+        "mode": "reflect",
+    }
+
+
+def test_cval_and_truncate_reach_scipy(data):
+    stack = Stack(da.from_array(data, chunks=CHUNKS))
+    got = zfilter(stack, "gaussian", sigma=1, mode="constant", cval=500, truncate=2).data
+    ref = ndimage.gaussian_filter(data.astype(np.float32), 1, mode="constant", cval=500, truncate=2)
+    np.testing.assert_array_equal(got.compute(), ref)
+    assert _overlap_depths(got) == [{0: 0, 1: 2, 2: 2}]
+
+
+# errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("blur", {}, r"filter 'blur' is not one of gaussian, sobel, prewitt, .*maximum"),
+        ("gaussian", {}, r"gaussian needs sigma \(in pixels\), e.g. sigma=2"),
+        ("median", {}, r"median needs size \(in pixels\), e.g. size=3"),
+        ("gaussian", {"sigma": 1, "size": 3}, r"gaussian does not take size=3: .*takes sigma"),
+        ("sobel", {"sigma": 2}, r"sobel does not take sigma=2: sobel takes cval"),
+        ("median", {"sigma": 1}, r"median does not take sigma=1"),
+        ("median", {"size": 3, "truncate": 2}, r"median does not take truncate=2"),
+        ("gaussian", {"sigma": 1, "order": 1}, r"gaussian does not take order=1"),
+        ("gaussian", {"sigma": 0}, r"sigma=0 is invalid for gaussian: give a positive"),
+        ("gaussian", {"sigma": -1}, r"sigma=-1 is invalid"),
+        ("gaussian", {"sigma": float("nan")}, r"sigma=nan is invalid"),
+        ("gaussian", {"sigma": True}, r"sigma=True is invalid"),
+        ("gaussian", {"sigma": (0, 0, 0)}, r"sigma=\(0, 0, 0\) is invalid.*at least one > 0"),
+        ("gaussian", {"sigma": (1, 2)}, r"sigma=\(1, 2\) has 2 values but gaussian filters 3 axes"),
+        (
+            "gaussian",
+            {"sigma": (1, 2, 2), "per_plane": True},
+            r"has 3 values but gaussian filters 2 axes \(y, x\)",
+        ),
+        (
+            "gaussian_gradient_magnitude",
+            {"sigma": (0, 1, 1)},
+            r"every filtered axis",
+        ),
+        ("median", {"size": 0}, r"size=0 is invalid for median: give a positive whole number"),
+        ("uniform", {"size": 2.5}, r"size=2.5 is invalid"),
+        ("maximum", {"size": (3, 3, 3, 3)}, r"size=\(3, 3, 3, 3\) has 4 values"),
+        ("laplace", {"mode": "wrap"}, r"mode='wrap' is not one of reflect, .*far edge"),
+        ("laplace", {"cval": 1}, r"cval=1 is only used with mode='constant'"),
+        ("gaussian", {"sigma": 1, "truncate": 0}, r"truncate=0 must be a positive number"),
+        ("laplace", {"dtype": "complex64"}, r"dtype=complex64 is not an integer or float"),
+        ("laplace", {"per_plane": "yes"}, r"per_plane='yes' must be True, False or None"),
+    ],
+)
+def test_bad_arguments_name_the_parameter_and_the_fix(name, kwargs, match):
+    stack = Stack(da.zeros((3, 8, 8), dtype=np.uint16, chunks=(3, 4, 8)))
+    with pytest.raises(ValueError, match=match):
+        zfilter(stack, name, **kwargs)
+
+
+def test_stack_without_y_is_refused():
+    with pytest.raises(StackFormatError, match="axis 'y' is not in this stack"):
+        zfilter(Stack(da.zeros((3, 8)), axes="zx"), "laplace")
+
+
+def test_registry_names():
+    assert FILTERS == (
+        "gaussian",
+        "sobel",
+        "prewitt",
+        "laplace",
+        "gaussian_gradient_magnitude",
+        "median",
+        "uniform",
+        "minimum",
+        "maximum",
+    )
+    assert MODES == ("reflect", "nearest", "mirror", "constant")

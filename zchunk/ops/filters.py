@@ -1,0 +1,485 @@
+"""Filters: gaussian, sobel, prewitt, laplace, gaussian gradient magnitude, median, uniform, min, max.
+
+Every filter gives the values of the same ``scipy.ndimage`` function run on the whole array (in
+the working dtype below), borders included, for the modes ``"reflect"`` (scipy's default),
+``"nearest"``, ``"mirror"`` and ``"constant"`` (with ``cval``).
+
+Axes
+----
+Only the spatial axes are filtered: y and x, and z unless ``per_plane=True`` (ImageJ's "process
+the whole stack" mode: each (y, x) plane in 2-D). The t and c axes are never filtered across; a
+(t, z, y, x) stack gives what filtering each time point separately gives. ``sigma`` and ``size``
+are in pixels, one value for every filtered axis or one per filtered axis (z, y, x order).
+
+- ``sobel`` and ``prewitt`` give the edge magnitude ``sqrt(sum of d_a**2)`` over the filtered
+  axes, where ``d_a`` is scipy's ``sobel``/``prewitt`` along axis ``a`` of the plane (or of the
+  volume): a [-1, 0, 1] difference along ``a`` and [1, 2, 1] (prewitt: [1, 1, 1]) smoothing along
+  the other filtered axes. They work per plane by default, as ImageJ's Process > Find Edges (for
+  3x3 kernels "reflect" and "nearest" borders are the same); ``per_plane=False`` on a stack with
+  z gives the 3-D magnitude ``sqrt(d_z**2 + d_y**2 + d_x**2)`` of scipy's 3-D sobel. The
+  magnitude is computed with ``np.hypot`` (no overflow).
+- ``laplace`` and ``gaussian_gradient_magnitude`` are scipy's, restricted to the filtered axes
+  (their ``axes=`` argument); the other filters are 3-D by default too.
+
+Dtypes
+------
+gaussian, sobel, prewitt, laplace, gaussian_gradient_magnitude and uniform compute in float32
+(integer and float16 inputs are converted first, so uint16 sobel cannot wrap and uint8 gaussian
+is not rounded) or in float64 for float64 input, and return that type. The rank filters median,
+minimum and maximum are exact in any type and keep the input dtype (float16 becomes float32).
+``dtype=`` casts the result with :func:`zchunk.ops.projection.cast_rounded` (rounded to nearest,
+clipped, never wrapped).
+
+Chunks and halos
+----------------
+Each chunk is filtered by scipy with a halo from its neighbours, exchanged by
+``dask.array.map_overlap``, only along the axes split into several chunks: with the whole z axis
+in every chunk (as ``zchunk.open`` plans) only y and x halos move, and there is no halo along z,
+t or c. A 3-D filter of a stack whose z axis is split reopens it with whole z, or raises
+:class:`~zchunk.errors.ChunkingError`. When a halo (``int(truncate * sigma + 0.5)`` pixels, or
+``size // 2``, or 1 for the edge filters and laplace) is deeper than the smallest chunk along y or
+x (typically the last, remainder band), neighbouring chunks along that axis are merged (never
+split, and z is never touched) until every chunk is at least as deep as the halo; otherwise the
+output keeps the input's chunks and the graph has no rechunk.
+
+dask-image's ``ndfilters`` wrappers are not used, for three reasons: they put a halo on every axis
+(dask refuses a 3-D gaussian with ``sigma=2`` on a 7-plane stack, "overlapping depth 8 is larger
+than your array 7", although z, held in one chunk, needs no halo), their sobel, prewitt and
+laplace smooth across every axis (t and c included, and z in per-plane mode), and dask silently
+rechunks when a halo is deeper than a chunk. The per-chunk computation is the same scipy call
+dask-image dispatches to.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import dask.array as da
+import numpy as np
+from scipy import ndimage
+
+from zchunk.errors import ChunkingError
+from zchunk.ops.projection import cast_rounded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import DTypeLike
+
+    from zchunk.stack import Stack
+
+__all__ = ["FILTERS", "MODES", "filter"]
+
+FilterName = Literal[
+    "gaussian",
+    "sobel",
+    "prewitt",
+    "laplace",
+    "gaussian_gradient_magnitude",
+    "median",
+    "uniform",
+    "minimum",
+    "maximum",
+]
+FILTERS: tuple[str, ...] = get_args(FilterName)
+Mode = Literal["reflect", "nearest", "mirror", "constant"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+_SPATIAL = "zyx"
+_RANK_DTYPES = frozenset(np.dtype(t) for t in np.typecodes["AllInteger"] + "fd")
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """Everything a task needs to filter one block (small and picklable)."""
+
+    name: str
+    axes: tuple[int, ...]  # filtered axes, indices into the block, ascending
+    sigma: tuple[float, ...]  # per block axis, 0 where not filtered (sigma filters)
+    size: tuple[int, ...]  # per block axis, 1 where not filtered (size filters)
+    mode: str
+    cval: float
+    truncate: float
+    work: np.dtype[Any]
+    out: np.dtype[Any] | None
+
+
+# kernels: (block in the working dtype, spec) -> filtered block -------------------------------
+
+
+def _gaussian(values: np.ndarray, spec: _Spec) -> np.ndarray:
+    out: np.ndarray = ndimage.gaussian_filter(
+        values, spec.sigma, mode=spec.mode, cval=spec.cval, truncate=spec.truncate
+    )
+    return out
+
+
+def _gaussian_gradient_magnitude(values: np.ndarray, spec: _Spec) -> np.ndarray:
+    out: np.ndarray = ndimage.gaussian_gradient_magnitude(
+        values, spec.sigma, mode=spec.mode, cval=spec.cval, axes=spec.axes, truncate=spec.truncate
+    )
+    return out
+
+
+def _edge_magnitude(values: np.ndarray, spec: _Spec, *, smooth: tuple[int, ...]) -> np.ndarray:
+    """Scipy's sobel/prewitt along each filtered axis, smoothing only along the filtered axes."""
+    derivatives = []
+    for axis in spec.axes:
+        d = ndimage.correlate1d(values, [-1, 0, 1], axis, mode=spec.mode, cval=spec.cval)
+        for other in spec.axes:
+            if other != axis:
+                ndimage.correlate1d(d, smooth, other, output=d, mode=spec.mode, cval=spec.cval)
+        derivatives.append(d)
+    magnitude: np.ndarray = functools.reduce(np.hypot, derivatives)
+    return magnitude
+
+
+def _laplace(values: np.ndarray, spec: _Spec) -> np.ndarray:
+    out: np.ndarray = ndimage.laplace(values, mode=spec.mode, cval=spec.cval, axes=spec.axes)
+    return out
+
+
+def _sized(func: Callable[..., np.ndarray]) -> Callable[[np.ndarray, _Spec], np.ndarray]:
+    def kernel(values: np.ndarray, spec: _Spec) -> np.ndarray:
+        return func(values, size=spec.size, mode=spec.mode, cval=spec.cval)
+
+    return kernel
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    kernel: Callable[[np.ndarray, _Spec], np.ndarray]
+    param: Literal["sigma", "size"] | None
+    rank: bool = False  # exact in any dtype: keeps the input dtype
+    per_plane: bool = False  # default of per_plane=None
+    extras: tuple[str, ...] = ("cval",)
+
+
+_REGISTRY: dict[str, _Filter] = {
+    "gaussian": _Filter(_gaussian, "sigma", extras=("truncate", "cval")),
+    "sobel": _Filter(functools.partial(_edge_magnitude, smooth=(1, 2, 1)), None, per_plane=True),
+    "prewitt": _Filter(functools.partial(_edge_magnitude, smooth=(1, 1, 1)), None, per_plane=True),
+    "laplace": _Filter(_laplace, None),
+    "gaussian_gradient_magnitude": _Filter(
+        _gaussian_gradient_magnitude, "sigma", extras=("truncate", "cval")
+    ),
+    "median": _Filter(_sized(ndimage.median_filter), "size", rank=True),
+    "uniform": _Filter(_sized(ndimage.uniform_filter), "size"),
+    "minimum": _Filter(_sized(ndimage.minimum_filter), "size", rank=True),
+    "maximum": _Filter(_sized(ndimage.maximum_filter), "size", rank=True),
+}
+assert set(_REGISTRY) == set(FILTERS)
+
+
+def _filter_block(block: np.ndarray, *, spec: _Spec) -> np.ndarray:
+    result = _REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
+    return result if spec.out is None else cast_rounded(result, spec.out)
+
+
+# validation -----------------------------------------------------------------------------------
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _per_axis(name: str, param: str, value: Any, letters: str) -> tuple[Any, ...]:
+    """Spread a scalar over the filtered axes, or check a sequence has one value per axis."""
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.ndim == 0 else tuple(value.tolist())
+    if not isinstance(value, (tuple, list)):
+        return (value,) * len(letters)
+    values = tuple(value)
+    if len(values) != len(letters):
+        msg = (
+            f"{param}={value!r} has {len(values)} values but {name} filters {len(letters)} "
+            f"axes ({', '.join(letters)}): give one value for all or one per axis"
+        )
+        raise ValueError(msg)
+    return values
+
+
+def _check_sigma(name: str, sigma: Any, letters: str) -> tuple[float, ...]:
+    sigmas = _per_axis(name, "sigma", sigma, letters)
+    everywhere = name == "gaussian_gradient_magnitude"  # a derivative needs smoothing
+    if all(_is_real(s) and math.isfinite(float(s)) and float(s) >= 0 for s in sigmas):
+        positive = [float(s) > 0 for s in sigmas]
+        if all(positive) or (any(positive) and not everywhere):
+            return tuple(float(s) for s in sigmas)
+    if everywhere:
+        need = "a positive number of pixels along every filtered axis"
+    elif isinstance(sigma, (tuple, list, np.ndarray)) and len(sigmas) > 1:
+        need = "numbers of pixels >= 0, at least one > 0"
+    else:
+        need = "a positive number of pixels"
+    msg = f"sigma={sigma!r} is invalid for {name}: give {need}, e.g. sigma=2"
+    raise ValueError(msg)
+
+
+def _check_size(name: str, size: Any, letters: str) -> tuple[int, ...]:
+    sizes = _per_axis(name, "size", size, letters)
+    if all(_is_int(s) and int(s) >= 1 for s in sizes):
+        return tuple(int(s) for s in sizes)
+    msg = (
+        f"size={size!r} is invalid for {name}: give a positive whole number of pixels, e.g. size=3"
+    )
+    raise ValueError(msg)
+
+
+def _takes(name: str, spec: _Filter) -> str:
+    params = ([spec.param] if spec.param else []) + list(spec.extras)
+    return f"{name} takes {', '.join(params)}"
+
+
+def _check_params(
+    name: str, spec: _Filter, sigma: Any, size: Any, mode: str, params: dict[str, Any]
+) -> tuple[float, float]:
+    """Check the parameters a filter takes; return (cval, truncate)."""
+    for param, value in (("sigma", sigma), ("size", size)):
+        if value is not None and spec.param != param:
+            msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
+            raise ValueError(msg)
+    if spec.param == "sigma" and sigma is None:
+        msg = f"{name} needs sigma (in pixels), e.g. sigma=2"
+        raise ValueError(msg)
+    if spec.param == "size" and size is None:
+        msg = f"{name} needs size (in pixels), e.g. size=3"
+        raise ValueError(msg)
+    for param, value in params.items():
+        if param not in spec.extras:
+            msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
+            raise ValueError(msg)
+    if mode not in MODES:
+        msg = f"mode={mode!r} is not one of {', '.join(MODES)}"
+        if mode in ("wrap", "grid-wrap"):
+            msg += " (wrap needs the far edge of the image, which a chunk does not hold)"
+        raise ValueError(msg)
+    cval = params.get("cval", 0.0)
+    if "cval" in params and mode != "constant":
+        msg = f"cval={cval!r} is only used with mode='constant', not mode={mode!r}"
+        raise ValueError(msg)
+    if not (_is_real(cval) and not math.isnan(float(cval))):
+        msg = f"cval={cval!r} must be a number (the value outside the image)"
+        raise ValueError(msg)
+    truncate = params.get("truncate", 4.0)
+    if not (_is_real(truncate) and math.isfinite(float(truncate)) and float(truncate) > 0):
+        msg = f"truncate={truncate!r} must be a positive number of sigmas, e.g. truncate=4"
+        raise ValueError(msg)
+    return float(cval), float(truncate)
+
+
+# chunks ---------------------------------------------------------------------------------------
+
+
+def _radius(spec: _Spec, axis: int) -> int:
+    """Halo scipy needs along `axis` (0 where the filter does not reach)."""
+    param = _REGISTRY[spec.name].param
+    if param == "sigma":
+        return int(spec.truncate * spec.sigma[axis] + 0.5)  # scipy's kernel radius
+    if param == "size":
+        return spec.size[axis] // 2
+    return 1 if axis in spec.axes else 0
+
+
+def _merge_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Merge neighbouring chunks (never split one) until each is at least `depth` long.
+
+    Examples
+    --------
+    >>> _merge_chunks((16, 16, 13), 14), _merge_chunks((5, 5, 5, 2), 6)
+    ((16, 29), (10, 7))
+    """
+    merged: list[int] = []
+    run = 0
+    for n in chunks:
+        run += n
+        if run >= depth:
+            merged.append(run)
+            run = 0
+    if run:
+        if merged:
+            merged[-1] += run
+        else:
+            merged.append(run)
+    return tuple(merged)
+
+
+def _whole_z(stack: Stack, name: str) -> Stack:
+    """Return `stack` with z in one chunk: reopen the source, or refuse to exchange z halos."""
+    i = stack.axis("z")
+    if stack.data.numblocks[i] == 1:
+        return stack
+    reopen = stack.attrs.get("reopen")
+    if reopen is not None and stack.attrs.get("read_name") == stack.data.name:
+        fresh: Stack = reopen(whole="z")
+        return fresh
+    msg = (
+        f"z is split into {stack.data.numblocks[i]} chunks but a 3-D {name} needs the whole z "
+        f"axis in every chunk: open the stack with zchunk.open(...) (whole z, the default), "
+        f"or pass per_plane=True to filter each plane in 2-D"
+    )
+    raise ChunkingError(msg)
+
+
+# public API -----------------------------------------------------------------------------------
+
+
+def filter(
+    stack: Stack,
+    /,
+    name: FilterName,
+    *,
+    sigma: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    per_plane: bool | None = None,
+    mode: Mode = "reflect",
+    dtype: DTypeLike | None = None,
+    **params: float,
+) -> Stack:
+    """Filter a stack in 3-D (z, y, x) or plane by plane, never across t or c.
+
+    Parameters
+    ----------
+    stack : Stack
+        Input with y and x axes (and maybe t, c, z); for a 3-D filter z is held whole in every
+        chunk, as ``zchunk.open`` plans.
+    name : str
+        The filter, one of `FILTERS`: ``"gaussian"``, ``"sobel"``, ``"prewitt"``,
+        ``"laplace"``, ``"gaussian_gradient_magnitude"``, ``"median"``, ``"uniform"``,
+        ``"minimum"``, ``"maximum"``; see the module docstring for their exact semantics.
+    sigma : float or sequence of float, optional
+        Standard deviation in pixels, for gaussian and gaussian_gradient_magnitude (required):
+        one value, or one per filtered axis in (z,) y, x order (>= 0, at least one > 0; every
+        one > 0 for gaussian_gradient_magnitude).
+    size : int or sequence of int, optional
+        Window width in pixels, for median, uniform, minimum and maximum (required): one
+        positive integer, or one per filtered axis.
+    per_plane : bool, optional
+        Filter each (y, x) plane in 2-D (ImageJ's stack mode) instead of the (z, y, x) volume.
+        Default: True for sobel and prewitt (ImageJ's Find Edges), False for the others.
+    mode : {"reflect", "nearest", "mirror", "constant"}
+        How the image is extended beyond its borders, as in ``scipy.ndimage``.
+    dtype : dtype, optional
+        Cast the result, rounded to nearest and clipped (never wrapped).
+    **params : float
+        ``cval`` (value outside the image, with ``mode="constant"``; default 0) and, for the
+        gaussian filters, ``truncate`` (kernel radius in sigmas, default 4).
+
+    Returns
+    -------
+    Stack
+        Lazy result of the input's shape, axes, scale and units, named ``"<filter>-<name>"``,
+        with ``attrs["filter"]`` describing the filter. Its dtype is float32 (float64 for
+        float64 input), or the input dtype for median, minimum and maximum, or `dtype`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown filter or mode, a missing parameter, one the filter does not take, or a
+        sigma or size that is not positive or has the wrong number of values.
+    ChunkingError
+        For a 3-D filter of a stack whose z axis is split and cannot be reopened whole.
+    StackFormatError
+        If the stack has no y or x axis.
+
+    Examples
+    --------
+    >>> img = np.zeros((2, 4, 6), dtype="uint8")
+    >>> img[..., 3:] = 10
+    >>> s = Stack(da.from_array(img, chunks=(2, 2, 3)), name="step")
+    >>> edges = filter(s, "sobel")
+    >>> edges.name, edges.data.dtype, edges.data.chunks == s.data.chunks
+    ('sobel-step', dtype('float32'), True)
+    >>> edges.data.compute()[0, 0]
+    array([ 0.,  0., 40., 40.,  0.,  0.], dtype=float32)
+    >>> filter(s, "median", size=3).data.dtype
+    dtype('uint8')
+    >>> filter(s, "gaussian", sigma=(0, 1, 1)).attrs["filter"]["sigma"]
+    (0.0, 1.0, 1.0)
+    """
+    spec_entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec_entry is None:
+        msg = f"filter {name!r} is not one of {', '.join(FILTERS)}"
+        raise ValueError(msg)
+    if per_plane is not None and not isinstance(per_plane, (bool, np.bool_)):
+        msg = f"per_plane={per_plane!r} must be True, False or None (the filter's default)"
+        raise ValueError(msg)
+    plane = spec_entry.per_plane if per_plane is None else bool(per_plane)
+    cval, truncate = _check_params(name, spec_entry, sigma, size, mode, dict(params))
+    stack.axis("y")  # StackFormatError naming the axes there are
+    stack.axis("x")
+    letters = "".join(a for a in _SPATIAL if a in stack.axes and not (plane and a == "z"))
+    sigmas = _check_sigma(name, sigma, letters) if spec_entry.param == "sigma" else ()
+    sizes = _check_size(name, size, letters) if spec_entry.param == "size" else ()
+    out_dtype = None if dtype is None else np.dtype(dtype)
+    if out_dtype is not None and out_dtype.kind not in "iuf":
+        msg = f"dtype={out_dtype} is not an integer or float type"
+        raise ValueError(msg)
+    if "z" in letters:
+        stack = _whole_z(stack, name)
+
+    axes = tuple(sorted(stack.axis(a) for a in letters))
+    by_axis = {stack.axis(a): i for i, a in enumerate(letters)}
+    ndim = stack.data.ndim
+    in_dtype = stack.dtype
+    if spec_entry.rank:
+        work = in_dtype if in_dtype in _RANK_DTYPES else np.dtype(np.float32)
+    else:
+        work = np.dtype(np.float64 if in_dtype == np.float64 else np.float32)
+    spec = _Spec(
+        name=name,
+        axes=axes,
+        sigma=tuple(sigmas[by_axis[i]] if i in by_axis and sigmas else 0.0 for i in range(ndim)),
+        size=tuple(sizes[by_axis[i]] if i in by_axis and sizes else 1 for i in range(ndim)),
+        mode=mode,
+        cval=cval,
+        truncate=truncate,
+        work=work,
+        out=out_dtype,
+    )
+
+    # halos only along split axes; merge chunks shallower than their halo
+    data = stack.data
+    chunks = list(data.chunks)
+    depth: dict[int, int] = {}
+    for i in axes:
+        radius = _radius(spec, i)
+        if radius and len(chunks[i]) > 1 and min(chunks[i]) < radius:
+            chunks[i] = _merge_chunks(chunks[i], radius)
+        depth[i] = radius if len(chunks[i]) > 1 else 0
+    if tuple(chunks) != data.chunks:
+        data = data.rechunk(tuple(chunks))
+    result_dtype = out_dtype if out_dtype is not None else work
+    filtered: da.Array = da.map_overlap(
+        functools.partial(_filter_block, spec=spec),
+        data,
+        depth=depth,
+        boundary="none",
+        trim=True,
+        allow_rechunk=False,
+        dtype=result_dtype,
+        meta=np.empty((0,) * ndim, dtype=result_dtype),
+        token=f"zchunk-{name}",
+    )
+
+    described: dict[str, Any] = {"name": name}
+    if sigmas:
+        described["sigma"] = sigmas
+    if sizes:
+        described["size"] = sizes
+    described |= {"axes": letters, "per_plane": plane, "mode": mode}
+    if mode == "constant":
+        described["cval"] = cval
+    if "truncate" in spec_entry.extras:
+        described["truncate"] = truncate
+    attrs = {k: v for k, v in stack.attrs.items() if k not in ("reopen", "read_name")}
+    attrs["filter"] = described
+    return stack.replace(data=filtered, name=f"{name}-{stack.name}", attrs=attrs)
