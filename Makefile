@@ -36,7 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 bench-smoke: install
-	$(BIN)/python benchmarks/run_all.py --smoke
+	$(BIN)/python benchmarks/run_all.py --smoke --out /tmp/zchunk-RESULTS-smoke.md
 
 clean:
 	rm -rf $(VENV) zchunk-demo .pytest_cache .mypy_cache .ruff_cache

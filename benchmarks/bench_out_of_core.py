@@ -54,7 +54,7 @@ def write_input(
 ) -> tuple[int, ...]:
     import tifffile
 
-    nz = max(8, nbytes // (plane[0] * plane[1] * 2))
+    nz = max(8, -(-nbytes // (plane[0] * plane[1] * 2)))  # at least nbytes
     shape = (nz, *plane)
     tmp = path.with_name(path.name + ".tmp")
     if folder:
@@ -198,7 +198,8 @@ def main() -> None:
     free = shutil.disk_usage(root).free
     if free < need:
         sys.exit(f"not enough disk: {format_bytes(free)} free in {root}, need {format_bytes(need)}")
-    src = root / ("planes" if args.folder else "stack.tif")
+    tag = f"{nbytes // 10**6}MB"  # one input per size: a smoke run never touches the big one
+    src = root / (f"planes-{tag}" if args.folder else f"stack-{tag}.tif")
     out = root / "results"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()

@@ -24,13 +24,14 @@ def cases(draw):
     seg = y_align * (x_align or w) * itemsize if (tiled or compressed) else 0
     budget = draw(st.integers(1_000, 50_000_000))
     workers = draw(st.integers(1, 8))
-    return shape, axes, itemsize, budget, workers, y_align, x_align, seg
+    min_tile = draw(st.sampled_from([1, 1, 8, 33]))
+    return shape, axes, itemsize, budget, workers, y_align, x_align, seg, min_tile
 
 
 @given(cases())
 @settings(max_examples=400, deadline=None)
 def test_plan_properties(case):
-    shape, axes, itemsize, budget, workers, y_align, x_align, seg = case
+    shape, axes, itemsize, budget, workers, y_align, x_align, seg, min_tile = case
     plan = plan_chunks(
         shape,
         axes,
@@ -40,6 +41,7 @@ def test_plan_properties(case):
         y_align=y_align,
         x_align=x_align,
         segment_bytes=seg,
+        min_tile=min_tile,
     )
     chunks = plan.chunks
     # z whole, other non-spatial axes 1
@@ -51,6 +53,9 @@ def test_plan_properties(case):
     # alignment: bands are whole strips/tiles (or the whole height)
     band, cols = chunks[-2], chunks[-1]
     assert band % min(y_align, shape[-2]) == 0 or band == shape[-2]
+    assert band >= min(min_tile, shape[-2])  # filters' halos stay small next to the chunk
+    if cols < shape[-1]:
+        assert cols >= min(min_tile, shape[-1])
     if x_align is None:
         assert cols == shape[-1]
     else:
@@ -62,7 +67,8 @@ def test_plan_properties(case):
         assert plan.memory_estimate <= budget
     else:
         # only the smallest aligned chunk is allowed over budget
-        assert band == min(y_align, shape[-2]) or band == shape[-2]
+        smallest = min(max(y_align, -(-min_tile // y_align) * y_align), shape[-2])
+        assert band in (smallest, shape[-2])
         assert plan.note
 
 

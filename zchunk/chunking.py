@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from zchunk.errors import OptionError
+
 __all__ = ["ChunkPlan", "default_memory_limit", "format_bytes", "parse_memory", "plan_chunks"]
 
 #: Blocks in flight per worker thread: the block read, a working copy, the result.
@@ -50,8 +52,8 @@ def parse_memory(value: int | str) -> int:
 
     Raises
     ------
-    ValueError
-        If the text is not a positive size.
+    OptionError
+        If the text is not a positive size (a ValueError).
 
     Examples
     --------
@@ -60,7 +62,7 @@ def parse_memory(value: int | str) -> int:
     """
     if isinstance(value, bool):
         msg = f"memory limit must be a size like '2GiB', not {value!r}"
-        raise ValueError(msg)  # noqa: TRY004 - a bad option value, not a wrong type
+        raise OptionError(msg)
     if isinstance(value, int):
         n = value
     else:
@@ -68,11 +70,11 @@ def parse_memory(value: int | str) -> int:
         unit = m.group(2).lower() if m else None
         if m is None or unit not in _UNITS:
             msg = f"memory limit {value!r} is not a size: write e.g. '2GiB', '512MB' or 1073741824"
-            raise ValueError(msg)
+            raise OptionError(msg)
         n = int(float(m.group(1)) * _UNITS[unit])
     if n <= 0:
         msg = f"memory limit must be positive, got {value!r}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return n
 
 
@@ -146,6 +148,7 @@ def plan_chunks(
     y_align: int = 1,
     x_align: int | None = None,
     segment_bytes: int = 0,
+    min_tile: int = 1,
 ) -> ChunkPlan:
     """Plan chunks holding the whole `whole` axes and a budget-sized band of y (and x).
 
@@ -171,6 +174,9 @@ def plan_chunks(
         files); None means x is never split (compressed strips decode whole rows).
     segment_bytes : int
         Bytes of one decoded stored segment (strip or tile), held once per worker while decoding.
+    min_tile : int
+        Smallest band height (and tile width, when x is split): filters ask for a few times
+        their halo, so that the halo exchanged with neighbours stays small next to the chunk.
 
     Returns
     -------
@@ -184,10 +190,10 @@ def plan_chunks(
     """
     if axes[-2:] != "yx" or len(axes) != len(shape):
         msg = f"axes {axes!r} must match shape {shape} and end with 'yx'"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if budget <= 0 or workers <= 0 or itemsize <= 0 or y_align <= 0:
         msg = "budget, workers, itemsize and y_align must be positive"
-        raise ValueError(msg)
+        raise OptionError(msg)
     height, width = shape[-2], shape[-1]
     y_align = min(y_align, max(height, 1))
     x_step = min(x_align, max(width, 1)) if x_align else width
@@ -196,19 +202,21 @@ def plan_chunks(
     per_task = (budget - workers * segment_bytes) // (workers * COPIES_PER_WORKER)
     notes = []
 
+    min_rows = min(height, _round_up(max(min_tile, 1), y_align)) if height else 1
     max_rows = per_task // max(lead_bytes * width, 1)
-    if max_rows >= min(y_align, height) or height == 0:
+    if max_rows >= max(min(y_align, height), min_rows) or height == 0:
         band_cap = height if max_rows >= height else (max_rows // y_align) * y_align
-        nbands = max(
-            math.ceil(height / max(band_cap, 1)), min(workers, math.ceil(height / y_align))
-        )
+        # enough bands for the budget; at least one per worker while bands stay >= min_rows
+        for_workers = min(workers, math.ceil(height / y_align), max(1, height // min_rows))
+        nbands = max(math.ceil(height / max(band_cap, 1)), for_workers)
         band = min(height, _round_up(math.ceil(height / max(nbands, 1)), y_align))
         cols = width
         fits = True
     else:
-        band = y_align
+        band = max(y_align, min_rows)
         max_cols = per_task // max(lead_bytes * band, 1)
-        cols = min(width, max(x_step, (max_cols // x_step) * x_step))
+        min_cols = _round_up(min(max(min_tile, 1), width), x_step)
+        cols = min(width, max(x_step, min_cols, (max_cols // x_step) * x_step))
         fits = cols * lead_bytes * band <= per_task
         if cols < width:
             notes.append("x is split: one full-width band is over budget")

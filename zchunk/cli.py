@@ -29,13 +29,44 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _scheduler(value: str) -> str:
+    """Check a ``--scheduler`` value: a local scheduler's name or a scheduler address."""
+    from zchunk.pipeline import SCHEDULERS, is_scheduler_address
+
+    if value in SCHEDULERS or is_scheduler_address(value):
+        return value
+    msg = (
+        f"{value!r} is not one of {', '.join(SCHEDULERS)} nor a dask scheduler address "
+        "like tcp://10.0.0.5:8786"
+    )
+    raise argparse.ArgumentTypeError(msg)
+
+
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help="worker threads (default: cores)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker threads, or processes with --scheduler processes (default: cores); "
+        "a remote cluster has the workers it has",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--scheduler",
-        default="threads",
-        choices=["threads", "processes", "synchronous"],
-        help="dask scheduler (default: threads)",
+        type=_scheduler,
+        default=None,
+        metavar="threads|processes|ADDRESS",
+        help=(
+            "threads (default), processes (a local dask.distributed cluster of --workers "
+            "processes sharing --memory-limit), synchronous (debugging), or the address of a "
+            "running dask scheduler, e.g. tcp://10.0.0.5:8786"
+        ),
+    )
+    where.add_argument(
+        "--scheduler-file",
+        default=None,
+        metavar="FILE",
+        help="connect to the dask scheduler described in FILE (dask scheduler --scheduler-file)",
     )
     p.add_argument(
         "--progress",
@@ -89,6 +120,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit,
         workers=args.workers,
         scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
         overwrite=args.overwrite,
         progress=False if args.quiet else args.progress,
         prefilter=prefilter,
@@ -125,6 +157,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit,
         workers=args.workers,
         scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
         overwrite=args.overwrite,
         progress=False if args.quiet else args.progress,
     )
@@ -154,8 +187,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from zchunk.demo import run_demo
+    from zchunk.pipeline import compute_context
 
-    return run_demo(args.dir, progress=args.progress, quiet=args.quiet, size=args.size)
+    # every computation of the demo runs on the scheduler chosen here
+    with compute_context(args.scheduler, scheduler_file=args.scheduler_file, workers=args.workers):
+        return run_demo(args.dir, progress=args.progress, quiet=args.quiet, size=args.size)
 
 
 def _parser() -> argparse.ArgumentParser:

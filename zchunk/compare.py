@@ -9,6 +9,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from zchunk.errors import OptionError
+
 if TYPE_CHECKING:
     from zchunk.stack import Stack
 
@@ -83,7 +85,7 @@ def compare(a: Stack, b: Stack, /, *, atol: float = 0.0) -> Comparison:
     """
     if atol < 0 or not np.isfinite(atol):
         msg = f"atol must be a finite number >= 0, got {atol}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     xa = _squeeze(a.data)
     xb = _squeeze(b.data)
     base = Comparison(a.shape, b.shape, str(a.dtype), str(b.dtype), None, None, atol)

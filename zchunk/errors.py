@@ -10,8 +10,13 @@ from __future__ import annotations
 __all__ = [
     "ChunkingError",
     "CorruptDataError",
+    "DiskSpaceError",
+    "IncompleteOutputError",
     "InputChangedError",
+    "OptionError",
     "OutputExistsError",
+    "PartialOutputError",
+    "ResumeMismatchError",
     "SourceNotFoundError",
     "StackFormatError",
     "ZChunkError",
@@ -34,6 +39,10 @@ class CorruptDataError(StackFormatError):
     """The input is damaged: truncated, missing pages or chunks, undecodable data."""
 
 
+class IncompleteOutputError(StackFormatError):
+    """The input is the partial output of an interrupted zchunk run (``allow_incomplete=False``)."""
+
+
 class InputChangedError(ZChunkError, RuntimeError):
     """An input file changed on disk between opening the stack and reading it."""
 
@@ -42,5 +51,21 @@ class ChunkingError(ZChunkError, ValueError):
     """The chunk layout does not allow the operation (e.g. the reduced axis is split)."""
 
 
+class OptionError(ZChunkError, ValueError):
+    """An option has an invalid value (sigma, size, q, method, memory limit, suffix...)."""
+
+
 class OutputExistsError(ZChunkError, FileExistsError):
     """The output exists and ``overwrite`` was not given, or the output would replace an input."""
+
+
+class PartialOutputError(OutputExistsError):
+    """An interrupted run left a partial output: continue it (``resume``) or ``overwrite`` it."""
+
+
+class ResumeMismatchError(ZChunkError, ValueError):
+    """A partial output was started with other settings (input, operation, dtype...)."""
+
+
+class DiskSpaceError(ZChunkError, OSError):
+    """Not enough free disk space for the output (checked before writing, or the disk filled)."""

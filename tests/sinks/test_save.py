@@ -141,11 +141,26 @@ def test_failure_leaves_no_output_and_no_temporary(tmp_path, writer):
 
 
 @pytest.mark.parametrize("writer", ["tiff", "tiff-zlib", "zarr"])
-def test_keyboard_interrupt_leaves_no_output_and_no_temporary(tmp_path, writer):
-    stack, _ = make_stack()
+def test_keyboard_interrupt_leaves_only_a_resumable_partial_output(tmp_path, writer):
+    # Ctrl-C keeps the partial output (and its record) for resume=True; no output appears
+    stack, a = make_stack()
+    interrupted = []
+
+    def interrupt_once(block, block_info=None):
+        if block_info[0]["chunk-location"] == (0, 2, 0) and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return block
+
+    stack = stack.replace(data=stack.data.map_blocks(interrupt_once, dtype=stack.dtype))
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
-        WRITERS[writer](failing(stack, KeyboardInterrupt), tmp_path)
-    assert list(tmp_path.iterdir()) == []
+        WRITERS[writer](stack, tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left[0].endswith(".zchunk-partial")
+    assert all(".zchunk-partial" in name for name in left)
+    out = WRITERS[writer](stack, tmp_path, resume=True)  # the same stack (same dask graph)
+    assert list(tmp_path.iterdir()) == [out]
+    np.testing.assert_array_equal(read_back(out), a)
 
 
 def test_failure_with_slow_blocks_in_flight_leaves_nothing(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import glob
 import os
@@ -11,17 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
+from zchunk._partial import incomplete_reason, partial_path
 from zchunk.chunking import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
-from zchunk.errors import SourceNotFoundError, StackFormatError
+from zchunk.errors import IncompleteOutputError, SourceNotFoundError, StackFormatError
 from zchunk.io import _tiff, _zarr
 from zchunk.io._blocks import blocks_array
 from zchunk.stack import Stack, default_axes
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from zchunk._types import MemoryLike, SourceLike
 
-__all__ = ["default_workers", "natural_key", "open", "plan_for"]
+__all__ = ["default_workers", "min_tile", "natural_key", "open", "plan_for"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
@@ -49,6 +55,24 @@ def _budget(memory_limit: MemoryLike) -> int:
     return default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
 
 
+#: Smallest band/tile side the planner may choose, set by :func:`min_tile` (filters' halos).
+_MIN_TILE: contextvars.ContextVar[int] = contextvars.ContextVar("zchunk_min_tile", default=1)
+
+
+@contextlib.contextmanager
+def min_tile(pixels: int) -> Iterator[None]:
+    """Plan chunks of at least `pixels` rows (and columns, when x is split) inside the block.
+
+    Filters exchange halos with their neighbours: opening the stack to be filtered under
+    ``min_tile(4 * halo)`` keeps the halo small next to the chunk.
+    """
+    token = _MIN_TILE.set(max(1, int(pixels)))
+    try:
+        yield
+    finally:
+        _MIN_TILE.reset(token)
+
+
 def plan_for(
     shape: tuple[int, ...],
     axes: str,
@@ -62,6 +86,7 @@ def plan_for(
     segment_bytes: int = 0,
 ) -> ChunkPlan:
     """Plan chunks for an array already in memory or in a store (see :func:`plan_chunks`)."""
+    min_tile = _MIN_TILE.get()
     if "y" not in axes or "x" not in axes or axes[-2:] != "yx":
         msg = f"axes {axes!r} must end with 'yx' (y and x are the last two axes)"
         raise StackFormatError(msg)
@@ -75,6 +100,7 @@ def plan_for(
         y_align=y_align,
         x_align=x_align,
         segment_bytes=segment_bytes,
+        min_tile=min_tile,
     )
 
 
@@ -109,6 +135,11 @@ def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
             raise SourceNotFoundError(msg)
         return "files", matches
     msg = f"{path} does not exist"
+    if os.path.lexists(partial_path(Path(os.path.abspath(path)))):
+        msg += (
+            f" (an interrupted run left {partial_path(Path(path)).name} next to it: "
+            "run it again with --resume / resume=True to finish it)"
+        )
     raise SourceNotFoundError(msg)
 
 
@@ -191,8 +222,10 @@ def _open_tiff(
     )
 
 
-def _open_zarr(path: str, axes: str | None, memory_limit: MemoryLike, whole: str) -> Stack:
-    info = _zarr.parse_zarr(path)
+def _open_zarr(
+    path: str, axes: str | None, memory_limit: MemoryLike, whole: str, allow_incomplete: bool
+) -> Stack:
+    info = _zarr.parse_zarr(path, allow_incomplete=allow_incomplete)
     array = info.array
     shape = tuple(int(n) for n in array.shape)
     ax = _resolve_axes(info.axes, axes, len(shape), path)
@@ -207,7 +240,14 @@ def _open_zarr(path: str, axes: str | None, memory_limit: MemoryLike, whole: str
         x_align=cx,
         segment_bytes=int(np.prod(array.chunks)) * np.dtype(array.dtype).itemsize,
     )
-    data = da.from_zarr(array, chunks=plan.chunks)
+    checked = _zarr.CheckedArray(array, path)
+    data = da.from_array(
+        checked,
+        chunks=plan.chunks,
+        name="zchunk-zarr-" + tokenize(os.path.abspath(path), array.path, shape, plan.chunks),
+        meta=np.empty((0,) * len(shape), dtype=checked.dtype),
+        asarray=False,
+    )
     scale, units = _calibration(ax, info.scale, info.units)
     return Stack(
         data,
@@ -251,6 +291,7 @@ def open(
     axes: str | None = None,
     memory_limit: MemoryLike = None,
     whole: str = "z",
+    allow_incomplete: bool = False,
 ) -> Stack:
     """Open an image stack lazily, chunked with the whole z axis in every chunk.
 
@@ -269,6 +310,11 @@ def open(
     whole : str
         Axes held whole in every chunk: ``"z"`` (default) for z-projections and filters, ``"t"``
         for projections over time.
+    allow_incomplete : bool
+        Read incomplete data anyway: the partial output of an interrupted zchunk run
+        (``.<name>.zchunk-partial``), or a zarr array with missing chunks (written sparsely on
+        purpose, with zarr's ``write_empty_chunks=False``). Missing blocks and chunks read as
+        the fill value (zeros).
 
     Returns
     -------
@@ -283,7 +329,12 @@ def open(
     StackFormatError
         If the input is not an image stack zchunk reads, or files of a sequence differ.
     CorruptDataError
-        If the file is truncated or damaged.
+        If the file is truncated or damaged, or a zarr array misses chunks (now, or when
+        computing: damaged pages or chunks are found when they are read).
+    IncompleteOutputError
+        If the input is the partial output of an interrupted run (unless `allow_incomplete`).
+    InputChangedError
+        When computing, if an input file changed on disk after it was opened.
 
     Examples
     --------
@@ -295,8 +346,15 @@ def open(
         stack = _open_array(source, axes, memory_limit, whole)
     else:
         kind, paths = _list_sources(source)
+        reason = incomplete_reason(paths[0]) if kind in ("zarr", "file") else None
+        if reason is not None and not allow_incomplete:
+            msg = (
+                f"{reason}: finish it with --resume / resume=True, or pass "
+                "allow_incomplete=True to read it anyway (missing blocks read as zeros)"
+            )
+            raise IncompleteOutputError(msg)
         if kind == "zarr":
-            stack = _open_zarr(paths[0], axes, memory_limit, whole)
+            stack = _open_zarr(paths[0], axes, memory_limit, whole, allow_incomplete)
         else:
             bad = [p for p in paths if _zarr.is_zarr(p)]
             if bad:
@@ -304,5 +362,7 @@ def open(
                 raise StackFormatError(msg)
             stack = _open_tiff(kind, paths, axes, memory_limit, whole)
     # how to read the same source with another axis held whole (projections along t)
-    reopen = functools.partial(open, source, axes=axes, memory_limit=memory_limit)
+    reopen = functools.partial(
+        open, source, axes=axes, memory_limit=memory_limit, allow_incomplete=allow_incomplete
+    )
     return stack.replace(attrs={**stack.attrs, "reopen": reopen, "read_name": stack.data.name})

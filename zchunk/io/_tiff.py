@@ -17,10 +17,10 @@ reports when they exceed the memory budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-import struct
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -80,10 +80,12 @@ class FileId:
         """Raise InputChangedError if the open file `fd` is not the file that was parsed."""
         st = os.fstat(fd)
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
-            msg = (
-                f"{self.path} changed on disk after it was opened (size {self.size} -> "
-                f"{st.st_size} bytes); open it again"
+            what = (
+                f"size {self.size} -> {st.st_size} bytes"
+                if st.st_size != self.size
+                else "modified, same size"
             )
+            msg = f"{self.path} changed on disk after it was opened ({what}); open it again"
             raise InputChangedError(msg)
 
 
@@ -225,7 +227,7 @@ def _runs(offsets: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int]]:
 @lru_cache(maxsize=32)
 def _decoder(file: FileId) -> Callable[..., Any]:
     """Tifffile's segment decoder for the pages of `file` (parsed once per process)."""
-    with tifffile.TiffFile(file.path) as tif:
+    with _strict(file.path), _open_tiff(file.path) as tif:
         decode: Callable[..., Any] = tif.pages.first.decode
         return decode
 
@@ -239,7 +241,11 @@ def read_block(spec: BlockSpec) -> np.ndarray:
     fds: dict[int, int] = {}
     try:
         for i, file in enumerate(spec.files):
-            fds[i] = os.open(file.path, os.O_RDONLY)
+            try:
+                fds[i] = os.open(file.path, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                msg = f"{file.path} was deleted or moved after it was opened; open it again"
+                raise InputChangedError(msg) from exc
             file.check(fds[i])
             if not spec.compressed and not spec.tiled:
                 os.posix_fadvise(fds[i], 0, 0, os.POSIX_FADV_RANDOM)
@@ -345,14 +351,45 @@ def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
 
 
 class _TiffLogCapture(logging.Handler):
-    """Collect tifffile's log warnings: it reports damaged files there, not by raising."""
+    """Collect tifffile's log records: it reports damaged files there, not by raising.
+
+    Only records of the thread that installed it are kept, so that a file parsed in one
+    thread is not blamed for a message about another file.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.messages: list[str] = []
+        self.records: list[logging.LogRecord] = []
+        self.thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:
+            self.records.append(record)
+
+    @property
+    def messages(self) -> list[str]:
+        """The messages collected so far."""
+        return [r.getMessage() for r in self.records]
+
+    def damage(self) -> str | None:
+        """Return the first message that signals a damaged file, or None."""
+        return next((r.getMessage() for r in self.records if _is_damage(r)), None)
+
+
+@contextlib.contextmanager
+def _strict(path: str) -> Iterator[_TiffLogCapture]:
+    """Raise CorruptDataError after the block if tifffile logged damage of `path` in it."""
+    capture = _TiffLogCapture()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+    damage = capture.damage()
+    if damage is not None:
+        msg = f"{path} is damaged: {damage}"
+        raise CorruptDataError(msg)
 
 
 def _open_tiff(path: str) -> tifffile.TiffFile:
@@ -361,7 +398,7 @@ def _open_tiff(path: str) -> tifffile.TiffFile:
     except tifffile.TiffFileError as exc:
         msg = f"{path} is not a readable TIFF file ({exc})"
         raise StackFormatError(msg) from exc
-    except (OSError, ValueError, IndexError, KeyError, struct.error) as exc:
+    except Exception as exc:  # a damaged header can make tifffile raise anything
         msg = f"{path} is not a readable TIFF file ({type(exc).__name__}: {exc})"
         raise CorruptDataError(msg) from exc
 
@@ -397,6 +434,16 @@ def _check_page(page: Any, path: str) -> None:
     if np.dtype(page.dtype).kind not in "uif":
         msg = f"{path}: unsupported pixel type {page.dtype}"
         raise StackFormatError(msg)
+    try:
+        tifffile.COMPRESSION(page.compression)
+        tifffile.PREDICTOR(page.predictor)
+        page.decode  # noqa: B018 - builds the decoder: fails here for codecs tifffile lacks
+    except Exception as exc:  # tifffile raises ValueError, KeyError...
+        msg = (
+            f"{path}: cannot decode its pages (compression {page.compression}, predictor "
+            f"{page.predictor}: {type(exc).__name__}: {exc})"
+        )
+        raise StackFormatError(msg) from exc
 
 
 def _segment_shape(page: Any) -> tuple[int, int]:
@@ -405,17 +452,69 @@ def _segment_shape(page: Any) -> tuple[int, int]:
     return (min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth))
 
 
+def _check_segments(page: Any, path: str, index: int = 0) -> None:
+    """Raise CorruptDataError unless `page` has the strips or tiles its size needs."""
+    sh, sw = _segment_shape(page)
+    if sh <= 0 or sw <= 0:
+        msg = f"{path}: page {index} declares strips or tiles of {sh} x {sw} pixels"
+        raise CorruptDataError(msg)
+    need = math.ceil(page.imagelength / sh) * (
+        math.ceil(page.imagewidth / sw) if page.is_tiled else 1
+    )
+    have = len(page.dataoffsets)
+    if have != need or len(page.databytecounts) != need:
+        msg = (
+            f"{path}: page {index} has {have} strip/tile offsets and "
+            f"{len(page.databytecounts)} byte counts where its size needs {need}"
+        )
+        raise CorruptDataError(msg)
+
+
 def _tables(pages: Sequence[Any], path: str) -> tuple[np.ndarray, np.ndarray]:
     nseg = len(pages[0].dataoffsets)
     offsets = np.empty((len(pages), nseg), dtype=np.int64)
     counts = np.empty((len(pages), nseg), dtype=np.int64)
     for i, page in enumerate(pages):
-        if page is None or len(page.dataoffsets) != nseg:
+        if page is None or len(page.dataoffsets) != nseg or len(page.databytecounts) != nseg:
             msg = f"{path}: page {i} is missing or damaged"
             raise CorruptDataError(msg)
         offsets[i] = page.dataoffsets
         counts[i] = page.databytecounts
     return offsets, counts
+
+
+def _check_stored_bytes(
+    page: Any, counts: np.ndarray, path: str, offsets: np.ndarray | None = None
+) -> None:
+    """Raise CorruptDataError for segments that cannot hold their pixels.
+
+    Uncompressed strips and tiles must store at least their pixels' bytes, as tifffile
+    requires; a segment at offset 0 (the header) with bytes is damaged. Compressed segments
+    are checked when decoded; empty ones (offset and count 0) read as zeros, as in tifffile.
+    """
+    if offsets is not None:
+        bad = (offsets == 0) & (counts != 0)
+        if bad.any():
+            plane, seg = (int(i) for i in np.argwhere(bad)[0])
+            msg = f"{path} is damaged: strip/tile {seg} of plane {plane} is at offset 0"
+            raise CorruptDataError(msg)
+    if page.compression != 1:
+        return
+    sh, sw = _segment_shape(page)
+    itemsize = np.dtype(page.dtype).itemsize
+    if page.is_tiled:
+        need = np.full(counts.shape[1], sh * sw * itemsize, dtype=np.int64)
+    else:
+        rows = np.minimum(sh, int(page.imagelength) - np.arange(counts.shape[1]) * sh)
+        need = rows.astype(np.int64) * int(page.imagewidth) * itemsize
+    short = counts < need[None, :]
+    if short.any():
+        plane, seg = (int(i) for i in np.argwhere(short)[0])
+        msg = (
+            f"{path} is damaged: strip/tile {seg} of plane {plane} holds "
+            f"{int(counts[plane, seg])} bytes where its pixels need {int(need[seg])}"
+        )
+        raise CorruptDataError(msg)
 
 
 def _check_extent(layout: TiffLayout) -> None:
@@ -460,6 +559,7 @@ def parse_tiff(path: str) -> TiffInfo:
             series = tif.series[0]
             page = series.keyframe
             _check_page(page, path)
+            _check_segments(page, path)
             shape = tuple(int(n) for n in series.shape)
             nplanes = math.prod(shape[:-2])
             seg_shape = _segment_shape(page)
@@ -469,12 +569,16 @@ def parse_tiff(path: str) -> TiffInfo:
                 offsets = series.dataoffset + plane_bytes * np.arange(nplanes, dtype=np.int64)
                 offsets, counts = offsets[:, None], np.full((nplanes, 1), plane_bytes, np.int64)
                 seg_shape = (int(page.imagelength), int(page.imagewidth))
+                # the IFDs say how many bytes each strip holds: check what tifffile parsed
+                stored = [page] if series.kind in ("imagej", "shaped") else list(series.pages)
+                _check_stored_bytes(page, _tables(stored, path)[1], path)
             else:
                 pages = list(series.pages)
                 if len(pages) != nplanes:
-                    msg = f"{path}: {len(pages)} pages for a series of {nplanes} planes"
+                    msg = f"{path} is truncated or damaged: {len(pages)} pages for {nplanes} planes"
                     raise CorruptDataError(msg)
                 offsets, counts = _tables(pages, path)
+                _check_stored_bytes(page, counts, path, offsets)
             kind = "imagej" if tif.is_imagej else "ome" if tif.is_ome else series.kind or "generic"
             layout = TiffLayout(
                 files=(fileid,),
@@ -493,9 +597,14 @@ def parse_tiff(path: str) -> TiffInfo:
             )
             meta = _metadata.from_tifffile(tif, series)
             declared = meta.pop("declared_planes", None)
-    except ZChunkError:
-        raise
-    except (tifffile.TiffFileError, struct.error, OSError, ValueError, IndexError, KeyError) as exc:
+    except ZChunkError as exc:
+        damage = capture.damage()
+        if damage is None or isinstance(exc, CorruptDataError):
+            raise
+        # e.g. "holds no image" because the first IFD cannot be read: say why
+        msg = f"{path} is damaged: {damage}"
+        raise CorruptDataError(msg) from exc
+    except Exception as exc:  # tifffile parsing a damaged header can raise anything
         msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
         raise CorruptDataError(msg) from exc
     finally:
@@ -503,9 +612,9 @@ def parse_tiff(path: str) -> TiffInfo:
     if declared is not None and declared > nplanes:
         msg = f"{path} is truncated or damaged: its metadata declares {declared} planes, {nplanes} are readable"
         raise CorruptDataError(msg)
-    damage = [m for m in capture.messages if _is_damage(m)]
-    if damage:
-        msg = f"{path} is damaged: {damage[0]}"
+    damage = capture.damage()
+    if damage is not None:
+        msg = f"{path} is damaged: {damage}"
         raise CorruptDataError(msg)
     _check_extent(layout)
     return TiffInfo(
@@ -519,9 +628,34 @@ def parse_tiff(path: str) -> TiffInfo:
     )
 
 
-def _is_damage(message: str) -> bool:
-    words = ("truncat", "corrupt", "invalid", "fail", "error", "missing", "out of range")
-    return any(w in message.lower() for w in words)
+#: tifffile warnings about metadata zchunk does not use, or that do not change the pixels.
+_BENIGN = (
+    "coercing invalid ascii",
+    "<get_resolution>",
+    "gdal_nodata",
+    "geokey",
+    "geotiff",
+    "stk datetime",
+    "fluoview",
+    "nuvu",
+    "andor",
+    "epics",
+    "ndpi_tags",
+    "eer_xml",
+    "invalid self.subfiletype",
+    "not writing extratag",
+)
+
+
+def _is_damage(record: logging.LogRecord) -> bool:
+    """Whether a tifffile log record signals a damaged file.
+
+    Every error does; a warning does unless it is about metadata zchunk does not read.
+    """
+    if record.levelno >= logging.ERROR:
+        return True
+    message = record.getMessage().lower()
+    return not any(b in message for b in _BENIGN)
 
 
 def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
@@ -538,29 +672,10 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
     offsets = [first.layout.offsets]
     counts = [first.layout.bytecounts]
     for path in paths[1:]:
-        with _open_tiff(path) as tif:
-            pages = list(tif.pages)
-            if len(pages) != per_file or any(p is None for p in pages):
-                msg = (
-                    f"{path} has {len(pages)} page(s) where {paths[0]} has {per_file}: "
-                    "every file of a sequence must have as many"
-                )
-                raise StackFormatError(msg)
-            _check_page(pages[0], path)
-            sig = _page_signature(pages[0])
-            if sig[:2] != ref[:2]:
-                msg = (
-                    f"{path} holds {sig[1]} images of shape {sig[0]}, unlike {paths[0]} "
-                    f"({ref[1]}, {ref[0]}): every file of a sequence must match"
-                )
-                raise StackFormatError(msg)
-            if sig != ref:
-                msg = f"{path} is stored with another compression or layout than {paths[0]}"
-                raise StackFormatError(msg)
-            off, cnt = _tables(pages, path)
-            files.append(FileId.of(path))
-            offsets.append(off)
-            counts.append(cnt)
+        off, cnt = _parse_sequence_file(path, paths[0], per_file, ref)
+        files.append(FileId.of(path))
+        offsets.append(off)
+        counts.append(cnt)
     layout = first.layout
     merged = TiffLayout(
         files=tuple(files),
@@ -589,8 +704,43 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
     )
 
 
+def _parse_sequence_file(
+    path: str, first: str, per_file: int, ref: tuple[Any, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check one more file of a sequence against the first; return its segment tables."""
+    try:
+        with _strict(path), _open_tiff(path) as tif:
+            pages = list(tif.pages)
+            if len(pages) != per_file or any(p is None for p in pages):
+                msg = (
+                    f"{path} has {len(pages)} page(s) where {first} has {per_file}: "
+                    "every file of a sequence must have as many"
+                )
+                raise StackFormatError(msg)
+            _check_page(pages[0], path)
+            _check_segments(pages[0], path)
+            sig = _page_signature(pages[0])
+            if sig[:2] != ref[:2]:
+                msg = (
+                    f"{path} holds {sig[1]} images of shape {sig[0]}, unlike {first} "
+                    f"({ref[1]}, {ref[0]}): every file of a sequence must match"
+                )
+                raise StackFormatError(msg)
+            if sig != ref:
+                msg = f"{path} is stored with another compression or layout than {first}"
+                raise StackFormatError(msg)
+            off, cnt = _tables(pages, path)
+            _check_stored_bytes(pages[0], cnt, path, off)
+            return off, cnt
+    except ZChunkError:
+        raise
+    except Exception as exc:  # a damaged header can make tifffile raise anything
+        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
+
+
 def _reference_signature(path: str) -> tuple[Any, ...]:
-    with _open_tiff(path) as tif:
+    with _strict(path), _open_tiff(path) as tif:
         return _page_signature(tif.pages.first)
 
 

@@ -1,17 +1,26 @@
-"""zarr (v2 or v3) arrays and OME-Zarr images (level 0 of the first multiscales)."""
+"""zarr (v2 or v3) arrays and OME-Zarr images (level 0 of the first multiscales).
+
+zarr reads a chunk that is not in the store as the fill value, without a word. So, when an array
+is opened, its folder is listed once and every chunk (every shard, for sharded arrays) the
+chunk grid needs must be there; zchunk's writers store every chunk, even all-zero ones. Read
+errors inside tasks (a damaged shard, an undecodable chunk) become :class:`CorruptDataError`
+naming the array.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
 
-from zchunk.errors import StackFormatError
+from zchunk.errors import CorruptDataError, StackFormatError
 from zchunk.stack import AXIS_ORDER, normalize_unit
 
-__all__ = ["ZarrInfo", "is_zarr", "parse_zarr"]
+__all__ = ["CheckedArray", "ZarrInfo", "first_missing_chunk", "is_zarr", "parse_zarr"]
 
 
 def is_zarr(path: str) -> bool:
@@ -102,7 +111,8 @@ def _plain(array: Any) -> ZarrInfo:
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if axes is not None:
-        for letter, s, u in zip(axes, ours.get("scale", []), ours.get("units", []), strict=False):
+        scales, units_ = ours.get("scale") or [], ours.get("units") or []
+        for letter, s, u in zip(axes, scales, units_, strict=False):
             if s is not None:
                 scale[letter] = float(s)
             if u is not None:
@@ -112,13 +122,88 @@ def _plain(array: Any) -> ZarrInfo:
         axes=axes,
         scale=scale,
         units=units,
-        channel_names=tuple(ours.get("channel_names", ())),
+        channel_names=tuple(ours.get("channel_names") or ()),  # null when there are none
         layout={"format": "zarr"},
     )
 
 
-def parse_zarr(path: str) -> ZarrInfo:
-    """Open a zarr array or OME-Zarr image read-only and read its metadata."""
+def _array_folder(array: Any) -> str | None:
+    """Return the folder of `array`'s chunks, or None if its store is not a local folder."""
+    root = getattr(array.store, "root", None)
+    if root is None:
+        return None
+    folder: str = os.fspath(root)
+    return os.path.join(folder, *str(array.path).split("/")) if array.path else folder
+
+
+def first_missing_chunk(array: Any) -> str | None:
+    """Return the key of the first chunk (shard) of `array` missing from its folder, or None.
+
+    The folder is listed once (``os.walk``), not probed chunk by chunk. Arrays in stores that
+    are not local folders are not checked (None).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> z = zarr.create_array(tempfile.mkdtemp(), shape=(2, 4), chunks=(1, 4), dtype="u1")
+    >>> z[0] = 1
+    >>> first_missing_chunk(z)
+    'c/1/0'
+    """
+    folder = _array_folder(array)
+    if folder is None or not os.path.isdir(folder):
+        return None
+    unit = array.shards if getattr(array, "shards", None) else array.chunks
+    grid = [math.ceil(n / c) for n, c in zip(array.shape, unit, strict=True)]
+    if math.prod(grid) == 0:
+        return None
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, folder)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        found.update(prefix + name for name in filenames)
+    encode = array.metadata.encode_chunk_key
+    for coords in np.ndindex(*grid):
+        key = str(encode(coords))
+        if key not in found:
+            return key
+    return None
+
+
+class CheckedArray:
+    """A zarr array whose read errors are raised as CorruptDataError naming the array.
+
+    Picklable (as the zarr array is), so it works with every dask scheduler.
+    """
+
+    def __init__(self, array: Any, path: str) -> None:
+        self.array = array
+        self.path = path
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:
+            where = ", ".join(
+                f"{k.start}:{k.stop}" if isinstance(k, slice) else str(k) for k in key
+            )
+            msg = (
+                f"{self.path}: cannot read the zarr array at [{where}] "
+                f"({type(exc).__name__}: {exc})"
+            )
+            raise CorruptDataError(msg) from exc
+
+
+def parse_zarr(path: str, *, allow_incomplete: bool = False) -> ZarrInfo:
+    """Open a zarr array or OME-Zarr image read-only and read its metadata.
+
+    Unless `allow_incomplete`, every chunk of the array must be in the store (see
+    :func:`first_missing_chunk`), else CorruptDataError.
+    """
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
@@ -129,6 +214,15 @@ def parse_zarr(path: str) -> ZarrInfo:
     if np.dtype(array.dtype).kind not in "uif":
         msg = f"{path}: unsupported pixel type {array.dtype}"
         raise StackFormatError(msg)
+    missing = None if allow_incomplete else first_missing_chunk(array)
+    if missing is not None:
+        where = f"{path}/{array.path}" if array.path else path
+        msg = (
+            f"{where} is incomplete or damaged: its chunk {missing!r} is missing (zarr would "
+            f"read it as the fill value {array.fill_value}); if the array was written sparsely "
+            "on purpose (write_empty_chunks=False), open it with allow_incomplete=True"
+        )
+        raise CorruptDataError(msg)
     info.layout.update(
         {
             "zarr_format": int(array.metadata.zarr_format),

@@ -62,7 +62,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from zchunk.errors import ChunkingError
+from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops.projection import cast_rounded
 
 if TYPE_CHECKING:
@@ -86,6 +86,12 @@ FilterName = Literal[
     "maximum",
 ]
 FILTERS: tuple[str, ...] = get_args(FilterName)
+
+#: How much more memory a filtered chunk needs than a projected one, measured with
+#: tests/test_memory.py: the halo'd copy of the chunk and its neighbours' edges, the float32
+#: working copy, scipy's output and temporaries, and the encoded output. Open stacks to be
+#: filtered with the memory budget divided by this.
+MEMORY_FACTOR = 5
 Mode = Literal["reflect", "nearest", "mirror", "constant"]
 MODES: tuple[str, ...] = get_args(Mode)
 
@@ -177,7 +183,10 @@ assert set(_REGISTRY) == set(FILTERS)
 
 def _filter_block(block: np.ndarray, *, spec: _Spec) -> np.ndarray:
     result = _REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
-    return result if spec.out is None else cast_rounded(result, spec.out)
+    if spec.out is None:
+        return result
+    # the filter's output is our own temporary: round it in place (no extra copy)
+    return cast_rounded(result, spec.out, inplace=result is not block)
 
 
 # validation -----------------------------------------------------------------------------------
@@ -203,7 +212,7 @@ def _per_axis(name: str, param: str, value: Any, letters: str) -> tuple[Any, ...
             f"{param}={value!r} has {len(values)} values but {name} filters {len(letters)} "
             f"axes ({', '.join(letters)}): give one value for all or one per axis"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     return values
 
 
@@ -221,7 +230,7 @@ def _check_sigma(name: str, sigma: Any, letters: str) -> tuple[float, ...]:
     else:
         need = "a positive number of pixels"
     msg = f"sigma={sigma!r} is invalid for {name}: give {need}, e.g. sigma=2"
-    raise ValueError(msg)
+    raise OptionError(msg)
 
 
 def _check_size(name: str, size: Any, letters: str) -> tuple[int, ...]:
@@ -231,7 +240,7 @@ def _check_size(name: str, size: Any, letters: str) -> tuple[int, ...]:
     msg = (
         f"size={size!r} is invalid for {name}: give a positive whole number of pixels, e.g. size=3"
     )
-    raise ValueError(msg)
+    raise OptionError(msg)
 
 
 def _takes(name: str, spec: _Filter) -> str:
@@ -246,33 +255,33 @@ def _check_params(
     for param, value in (("sigma", sigma), ("size", size)):
         if value is not None and spec.param != param:
             msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
-            raise ValueError(msg)
+            raise OptionError(msg)
     if spec.param == "sigma" and sigma is None:
         msg = f"{name} needs sigma (in pixels), e.g. sigma=2"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if spec.param == "size" and size is None:
         msg = f"{name} needs size (in pixels), e.g. size=3"
-        raise ValueError(msg)
+        raise OptionError(msg)
     for param, value in params.items():
         if param not in spec.extras:
             msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
-            raise ValueError(msg)
+            raise OptionError(msg)
     if mode not in MODES:
         msg = f"mode={mode!r} is not one of {', '.join(MODES)}"
         if mode in ("wrap", "grid-wrap"):
             msg += " (wrap needs the far edge of the image, which a chunk does not hold)"
-        raise ValueError(msg)
+        raise OptionError(msg)
     cval = params.get("cval", 0.0)
     if "cval" in params and mode != "constant":
         msg = f"cval={cval!r} is only used with mode='constant', not mode={mode!r}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if not (_is_real(cval) and not math.isnan(float(cval))):
         msg = f"cval={cval!r} must be a number (the value outside the image)"
-        raise ValueError(msg)
+        raise OptionError(msg)
     truncate = params.get("truncate", 4.0)
     if not (_is_real(truncate) and math.isfinite(float(truncate)) and float(truncate) > 0):
         msg = f"truncate={truncate!r} must be a positive number of sigmas, e.g. truncate=4"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return float(cval), float(truncate)
 
 
@@ -287,6 +296,31 @@ def _radius(spec: _Spec, axis: int) -> int:
     if param == "size":
         return spec.size[axis] // 2
     return 1 if axis in spec.axes else 0
+
+
+def halo_pixels(
+    name: str,
+    *,
+    sigma: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    truncate: float = 4.0,
+    **_: Any,
+) -> int:
+    """Return the widest halo (pixels) filter `name` exchanges along y or x.
+
+    Examples
+    --------
+    >>> halo_pixels("gaussian", sigma=2), halo_pixels("median", size=5), halo_pixels("sobel")
+    (8, 2, 1)
+    """
+    param = _REGISTRY[name].param if name in _REGISTRY else None
+    if param == "sigma" and sigma is not None:
+        values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
+        return max(int(truncate * float(v) + 0.5) for v in values)
+    if param == "size" and size is not None:
+        values = [size] if isinstance(size, int) else list(size)
+        return max(int(v) // 2 for v in values)
+    return 1
 
 
 def _merge_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -382,8 +416,8 @@ def filter(
 
     Raises
     ------
-    ValueError
-        For an unknown filter or mode, a missing parameter, one the filter does not take, or a
+    OptionError
+        (a ValueError) For an unknown filter or mode, a missing parameter, one the filter does not take, or a
         sigma or size that is not positive or has the wrong number of values.
     ChunkingError
         For a 3-D filter of a stack whose z axis is split and cannot be reopened whole.
@@ -408,10 +442,10 @@ def filter(
     spec_entry = _REGISTRY.get(name) if isinstance(name, str) else None
     if spec_entry is None:
         msg = f"filter {name!r} is not one of {', '.join(FILTERS)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if per_plane is not None and not isinstance(per_plane, (bool, np.bool_)):
         msg = f"per_plane={per_plane!r} must be True, False or None (the filter's default)"
-        raise ValueError(msg)
+        raise OptionError(msg)
     plane = spec_entry.per_plane if per_plane is None else bool(per_plane)
     cval, truncate = _check_params(name, spec_entry, sigma, size, mode, dict(params))
     stack.axis("y")  # StackFormatError naming the axes there are
@@ -422,7 +456,7 @@ def filter(
     out_dtype = None if dtype is None else np.dtype(dtype)
     if out_dtype is not None and out_dtype.kind not in "iuf":
         msg = f"dtype={out_dtype} is not an integer or float type"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if "z" in letters:
         stack = _whole_z(stack, name)
 

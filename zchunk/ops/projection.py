@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import dask.array as da
 import numpy as np
 
-from zchunk.errors import ChunkingError
+from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops import _kernels
 
 if TYPE_CHECKING:
@@ -111,14 +111,17 @@ def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) ->
             med = (lo + hi) / np.float32(2)
         return _round_half_up(med, dtype) if dtype == np.uint8 else med.astype(np.float32)
     msg = f"method {method!r} has no ImageJ equivalent; use like='numpy'"
-    raise ValueError(msg)
+    raise OptionError(msg)
 
 
 # public API ---------------------------------------------------------------------------------
 
 
-def cast_rounded(values: np.ndarray, dtype: DTypeLike) -> np.ndarray:
+def cast_rounded(values: np.ndarray, dtype: DTypeLike, *, inplace: bool = False) -> np.ndarray:
     """Cast to `dtype`, rounding to nearest and clipping to its range (never wrapping).
+
+    With ``inplace=True`` a float `values` (a temporary of the caller) is rounded and clipped
+    in place, so the cast costs no working copy.
 
     Examples
     --------
@@ -128,14 +131,25 @@ def cast_rounded(values: np.ndarray, dtype: DTypeLike) -> np.ndarray:
     target = np.dtype(dtype)
     if target.kind in "iu":
         info = np.iinfo(target)
-        with np.errstate(invalid="ignore"):
-            rounded = np.rint(values.astype(np.float64)) if values.dtype.kind == "f" else values
-            rounded = np.nan_to_num(rounded, nan=0.0) if rounded.dtype.kind == "f" else rounded
-            return np.clip(rounded, info.min, info.max).astype(target)
+        if values.dtype.kind != "f":  # integers: clip to the bounds both types hold
+            source = np.iinfo(values.dtype)
+            lo, hi = max(info.min, source.min), min(info.max, source.max)
+            clipped: np.ndarray = np.clip(values, values.dtype.type(lo), values.dtype.type(hi))
+            return clipped.astype(target)
+        # at most one working copy: chunks are large. float32 is exact here when the
+        # target's bounds are float32 numbers (8- and 16-bit targets).
+        exact = target.itemsize <= 2 and values.dtype.itemsize >= 4
+        if inplace and exact:
+            rounded = np.rint(values, out=values)
+        else:
+            rounded = np.rint(values, dtype=values.dtype if exact else np.float64)
+        np.nan_to_num(rounded, copy=False, nan=0.0)
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(target)
     if target.kind == "f":
         return values.astype(target)
     msg = f"dtype={target} is not an integer or float type"
-    raise ValueError(msg)
+    raise OptionError(msg)
 
 
 def _reducer(method: str, like: str, q: float | None, out_dtype: np.dtype[Any] | None) -> Any:
@@ -153,22 +167,22 @@ def _reducer(method: str, like: str, q: float | None, out_dtype: np.dtype[Any] |
 def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> None:
     if method not in METHODS:
         msg = f"method={method!r} is not one of {', '.join(METHODS)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if like not in ("numpy", "imagej"):
         msg = f"like={like!r} must be 'numpy' or 'imagej'"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if axis not in ("z", "t"):
         msg = f"axis={axis!r} must be 'z' or 't'"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if method == "percentile" and (q is None or not 0 <= float(q) <= 100):
         msg = f"percentile needs q between 0 and 100, got q={q!r}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if like == "imagej" and stack.dtype not in _IMAGEJ_TYPES:
         msg = (
             f"like='imagej' works on ImageJ's types (uint8, uint16, float32), "
             f"not {stack.dtype}; use like='numpy' or convert the stack"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     stack.axis(axis)  # StackFormatError naming the axes there are
 
 
@@ -228,8 +242,8 @@ def project(
 
     Raises
     ------
-    ValueError
-        For an unknown method, a missing or out-of-range q, or ImageJ semantics on a type
+    OptionError
+        (a ValueError) For an unknown method, a missing or out-of-range q, or ImageJ semantics on a type
         ImageJ does not have.
     ChunkingError
         If `axis` is split across chunks and the stack cannot be reopened whole along it.
@@ -244,7 +258,7 @@ def project(
     """
     if q is not None and method != "percentile":
         msg = f"q={q!r} is only for method='percentile', not {method!r}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return project_many(stack, [method], axis=axis, q=q, like=like, dtype=dtype)[method]
 
 
@@ -277,10 +291,10 @@ def project_many(
     """
     if not methods:
         msg = "methods is empty: give at least one projection"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if len(set(methods)) != len(methods):
         msg = f"methods {list(methods)} repeat a method"
-        raise ValueError(msg)
+        raise OptionError(msg)
     for method in methods:
         _check(stack, method, axis, q if method == "percentile" else None, like)
     stack = _whole_along(stack, axis)

@@ -1,9 +1,10 @@
 """Writers: the only part of zchunk that computes.
 
 Every writer computes each dask block of the stack once, through the dask scheduler the caller
-chose, writes it to its own region of the output, and makes the output appear atomically
-(temporary sibling name, renamed at the end). An existing output is replaced only with
-``overwrite=True`` and an input never.
+chose, writes it to its own region of the output, records it as finished, and makes the output
+appear under its name only when complete (``.<name>.zchunk-partial`` renamed at the end). An
+interrupted write is continued with ``resume=True`` (see :mod:`zchunk.sinks._resume`). An
+existing output is replaced only with ``overwrite=True`` and an input never.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zchunk.errors import OptionError
 from zchunk.sinks import _many
 from zchunk.sinks._ome_zarr import to_ome_zarr
 from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
@@ -44,6 +46,7 @@ def save(
     *,
     overwrite: bool = False,
     compression: str | None = None,
+    resume: bool = False,
 ) -> Path:
     """Write `stack` to `path` in the format its suffix names.
 
@@ -59,10 +62,17 @@ def save(
     path : str or os.PathLike
         Output file or folder; the suffix is matched case-insensitively.
     overwrite : bool
-        Replace an existing output (never an input of the stack).
+        Replace an existing output (never an input of the stack), and discard a partial
+        output of an interrupted run that is not resumed.
     compression : str, optional
         TIFF compression (see :func:`to_tiff`). Zarr outputs are always compressed (zstd),
         so it must be None for them.
+    resume : bool
+        Continue the partial output an interrupted run left (``.<name>.zchunk-partial``):
+        only its missing blocks are computed, if it was started with the same settings
+        (inputs unchanged, same operation and parameters, dtype, shape, calibration). The
+        result is the same, bit for bit, as an uninterrupted run. Without a partial output,
+        a normal write.
 
     Returns
     -------
@@ -71,10 +81,17 @@ def save(
 
     Raises
     ------
-    ValueError
+    OptionError
         If the suffix is not one of the above, or `compression` is given for a zarr output.
     OutputExistsError
         If the output exists and `overwrite` is false, or if it would replace an input.
+    PartialOutputError
+        If an interrupted run left a partial output and neither `resume` nor `overwrite` is
+        given.
+    ResumeMismatchError
+        If `resume` is given but the partial output was started with other settings.
+    DiskSpaceError
+        If the output's folder has less free space than the output's uncompressed size.
 
     Examples
     --------
@@ -87,7 +104,7 @@ def save(
     >>> save(s, os.path.join(folder, "out.png"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.tif, .ome.zarr, .tiff, .tif, .zarr
+    zchunk.errors.OptionError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.tif, .ome.zarr, .tiff, .tif, .zarr
     """
     name = Path(os.fspath(path)).name.lower()
     suffix = next((s for s in SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
@@ -96,19 +113,21 @@ def save(
             f"cannot tell the output format of {os.fspath(path)!r} from its suffix: "
             f"use one of {', '.join(SUFFIXES)}"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if suffix.endswith((".tif", ".tiff")):
         ome = suffix.startswith(".ome.")
-        return to_tiff(stack, path, overwrite=overwrite, compression=compression, ome=ome)
+        return to_tiff(
+            stack, path, overwrite=overwrite, compression=compression, ome=ome, resume=resume
+        )
     if compression is not None:
         msg = (
             f"compression={compression!r} applies to TIFF outputs only; {os.fspath(path)!r} "
             "is a zarr output, always compressed with zstd: leave compression=None"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if suffix == ".ome.zarr":
-        return to_ome_zarr(stack, path, overwrite=overwrite)
-    return to_zarr(stack, path, overwrite=overwrite)
+        return to_ome_zarr(stack, path, overwrite=overwrite, resume=resume)
+    return to_zarr(stack, path, overwrite=overwrite, resume=resume)
 
 
 def save_many(
@@ -118,12 +137,14 @@ def save_many(
     *,
     overwrite: bool = False,
     compression: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Path]:
     """Write several results that share an input, reading the input once.
 
-    All results are computed together into scratch zarr arrays next to the outputs, then each
-    is written to its path with :func:`save` (format from the suffix). Every output is checked
-    (exists, would replace an input) before anything is computed.
+    All results are computed together into scratch zarr arrays next to the outputs
+    (``.<name>.scratch.zchunk-partial``, resumable like every output), then each is written to
+    its path with :func:`save` (format from the suffix). Every output is checked (exists,
+    would replace an input) before anything is computed.
 
     Parameters
     ----------
@@ -135,6 +156,9 @@ def save_many(
         Replace existing outputs (never an input).
     compression : str, optional
         TIFF compression (see :func:`to_tiff`).
+    resume : bool
+        Continue the scratch arrays and outputs an interrupted run left (see :func:`save`).
+        Outputs that were already finished exist: pass `overwrite` too to write them again.
 
     Returns
     -------
@@ -153,4 +177,6 @@ def save_many(
     >>> sorted(p.name for p in out.values())
     ['max.tif', 'min.zarr']
     """
-    return _many.save_many(stacks, paths, save=save, overwrite=overwrite, compression=compression)
+    return _many.save_many(
+        stacks, paths, save=save, overwrite=overwrite, compression=compression, resume=resume
+    )

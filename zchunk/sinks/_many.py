@@ -2,25 +2,38 @@
 
 Results made from the same input share its read tasks (``project_many``). Written one after
 the other, every writer would read the input again; here all results are computed together,
-in one ``da.store``, into scratch zarr arrays next to the outputs (small: a projection is the
-input divided by z), and then each is written to its own output from its scratch array.
+in one pass, into scratch zarr arrays next to the outputs (small: a projection is the input
+divided by z), and then each is written to its own output from its scratch array. The scratch
+arrays are resumable outputs (``.<name>.scratch.zchunk-partial``, see
+:mod:`zchunk.sinks._resume`), deleted once every output is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
 import dask.array as da
 
-from zchunk.sinks._atomic import GuardedTarget, abandon, prepare_output, sibling_name
-from zchunk.sinks._zarr import check_writable, create_aligned_array, native_order, regular_grid
+from zchunk.errors import OptionError
+from zchunk.sinks._atomic import prepare_output
+from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
+from zchunk.sinks._zarr import (
+    check_writable,
+    create_aligned_array,
+    native_order,
+    open_aligned_array,
+    regular_grid,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
+    from typing import Any
 
     from zchunk._types import PathLike
+    from zchunk.sinks._resume import PartialWrite
     from zchunk.stack import Stack
 
 __all__ = ["save_many"]
@@ -34,6 +47,7 @@ def save_many(
     save: Callable[..., Path],
     overwrite: bool = False,
     compression: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Path]:
     """Compute `stacks` together (one read of their shared input) and write each to its path.
 
@@ -46,9 +60,11 @@ def save_many(
     save : callable
         The single-output writer (:func:`zchunk.sinks.save`).
     overwrite : bool
-        Replace existing outputs (never an input).
+        Replace existing outputs (never an input), and discard partial outputs not resumed.
     compression : str, optional
         TIFF compression.
+    resume : bool
+        Continue the scratch arrays and outputs of an interrupted run.
 
     Returns
     -------
@@ -59,36 +75,52 @@ def save_many(
     ------
     OutputExistsError
         Before anything is computed, if an output exists (without `overwrite`) or is an input.
+    PartialOutputError, ResumeMismatchError, DiskSpaceError
+        As :func:`zchunk.sinks.save`.
     """
     if set(stacks) != set(paths):
         msg = f"stacks and paths name different results: {sorted(stacks)} vs {sorted(paths)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     finals = {}
     for key, stack in stacks.items():
         check_writable(stack)
         finals[key] = prepare_output(paths[key], stack.attrs, overwrite=overwrite)
+    options: dict[str, Any] = {"overwrite": overwrite, "compression": compression, "resume": resume}
     if len(stacks) == 1:
         ((key, stack),) = stacks.items()
-        return {key: save(stack, finals[key], overwrite=overwrite, compression=compression)}
-    anchor = next(iter(finals.values()))
-    scratch = sibling_name(anchor, "scratch")
-    try:
-        os.makedirs(scratch)
-        sources, targets, arrays = [], [], {}
-        for i, (key, stack) in enumerate(stacks.items()):
+        return {key: save(stack, finals[key], **options)}
+    with contextlib.ExitStack() as scratches:
+        writes: list[tuple[da.Array, Any, PartialWrite]] = []
+        arrays = {}
+        for key, stack in stacks.items():
             data = regular_grid(native_order(stack.data))
-            array = create_aligned_array(
-                os.fspath(scratch / str(i)), data, axes=stack.axes, level=1, dimension_names=False
+            scratch = finals[key].with_name(f"{finals[key].name}.scratch")
+            job = scratches.enter_context(
+                resumable_output(
+                    scratch,
+                    settings_of(stack, data, format="scratch", writer={"level": 1}),
+                    folder=True,
+                    resume=resume,
+                    overwrite=overwrite,
+                    nbytes=int(data.nbytes),
+                    compressed=True,
+                )
             )
-            sources.append(data)
-            targets.append(GuardedTarget(array, scratch))
+            data = job.align(data)
+            if job.fresh:
+                array = create_aligned_array(
+                    os.fspath(job.partial), data, axes=stack.axes, level=1, dimension_names=False
+                )
+            else:
+                array = open_aligned_array(os.fspath(job.partial), data)
+            writes.append((data, array, job))
             arrays[key] = array
-        da.store(sources, targets, lock=False, compute=True)  # type: ignore[arg-type]
+        store_resumable(writes)
         written = {}
         for key, stack in stacks.items():
             array = arrays[key]
             staged = stack.replace(data=da.from_zarr(array, chunks=array.shards or array.chunks))
-            written[key] = save(staged, finals[key], overwrite=overwrite, compression=compression)
+            written[key] = save(staged, finals[key], **options)
+        for _, _, job in writes:
+            job.discard()
         return written
-    finally:
-        abandon(scratch)

@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING, Literal
 
 import zarr
 
-from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.errors import OptionError
+from zchunk.sinks._atomic import prepare_output
+from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
     native_order,
+    open_aligned_array,
     regular_grid,
     stack_attributes,
-    store_blocks,
 )
 from zchunk.stack import normalize_unit
 
@@ -75,8 +77,9 @@ def to_ome_zarr(
     *,
     overwrite: bool = False,
     ngff_version: Literal["0.5", "0.4"] = "0.5",
+    resume: bool = False,
 ) -> Path:
-    """Write `stack` to an OME-Zarr image with one resolution level, atomically.
+    """Write `stack` to an OME-Zarr image with one resolution level, resumably.
 
     The multiscales metadata (axes with their types and units, a scale transformation) is
     written by ome-zarr-py; the pixels go to the array ``"0"`` block by block, each dask block
@@ -92,6 +95,10 @@ def to_ome_zarr(
     are left out. No ``omero`` rendering metadata is written: it requires display windows
     and colours, which would need an extra pass over the data or made-up values.
 
+    As :func:`to_zarr`, the image is written as ``.<name>.zchunk-partial`` with a record of
+    its settings and finished blocks, renamed onto `path` when complete, and continued by
+    ``resume=True`` after an interruption.
+
     Parameters
     ----------
     stack : Stack
@@ -100,10 +107,14 @@ def to_ome_zarr(
         Output folder, conventionally ending in ``.ome.zarr``. Missing parent folders are
         created.
     overwrite : bool
-        Replace an existing `path`, never an input of the stack.
+        Replace an existing `path` (never an input of the stack), and discard a partial
+        output that is not resumed.
     ngff_version : {"0.5", "0.4"}
         ``"0.5"`` (zarr v3, the current version) or ``"0.4"`` (zarr v2, which Fiji's readers
         and older viewers open).
+    resume : bool
+        Continue the partial output of an interrupted run started with the same settings
+        (see :func:`to_zarr`).
 
     Returns
     -------
@@ -114,8 +125,12 @@ def to_ome_zarr(
     ------
     OutputExistsError
         If `path` exists and `overwrite` is false, or if it would replace an input.
-    ValueError
-        If the dtype is not an integer or float type, or `ngff_version` is unknown.
+    PartialOutputError, ResumeMismatchError, DiskSpaceError
+        As :func:`to_zarr`.
+    StackFormatError
+        If the dtype is not an integer or float type.
+    OptionError
+        If `ngff_version` is unknown.
 
     Examples
     --------
@@ -132,7 +147,7 @@ def to_ome_zarr(
 
     if ngff_version not in NGFF_VERSIONS:
         msg = f"ngff_version={ngff_version!r} is not supported: use one of {list(NGFF_VERSIONS)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     check_writable(stack)
     zarr_format = NGFF_VERSIONS[ngff_version]
     fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
@@ -140,26 +155,47 @@ def to_ome_zarr(
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
     scale = [1.0 if s is None else float(s) for s in stack.scale]
-    with atomic_output(final, overwrite=overwrite) as tmp:
-        group = zarr.open_group(os.fspath(tmp), mode="w-", zarr_format=zarr_format)
-        write_multiscales_metadata(
-            group,
-            datasets=[
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-            ],
-            fmt=fmt,
-            axes=list(stack.axes),
-            axes_units=_axes_units(stack),
-            name=stack.name or None,
-        )
-        group.attrs["zchunk"] = stack_attributes(stack)
-        array = create_aligned_array(
-            group.store,
-            data,
-            name="0",
-            axes=stack.axes,
-            zarr_format=zarr_format,
-            dimension_names=zarr_format == 3,
-        )
-        store_blocks(data, array, tmp)
+    attributes = stack_attributes(stack)
+    settings = settings_of(
+        stack,
+        data,
+        format="ome-zarr",
+        metadata={"zchunk": attributes, "scale": scale, "units": _axes_units(stack)},
+        writer={"ngff_version": ngff_version},
+    )
+    with resumable_output(
+        final,
+        settings,
+        folder=True,
+        resume=resume,
+        overwrite=overwrite,
+        nbytes=int(data.nbytes),
+        compressed=True,
+    ) as job:
+        data = job.align(data)
+        if job.fresh:
+            group = zarr.open_group(os.fspath(job.partial), mode="a", zarr_format=zarr_format)
+            write_multiscales_metadata(
+                group,
+                datasets=[
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                ],
+                fmt=fmt,
+                axes=list(stack.axes),
+                axes_units=_axes_units(stack),
+                name=stack.name or None,
+            )
+            group.attrs["zchunk"] = attributes
+            array = create_aligned_array(
+                group.store,
+                data,
+                name="0",
+                axes=stack.axes,
+                zarr_format=zarr_format,
+                dimension_names=zarr_format == 3,
+            )
+        else:
+            array = open_aligned_array(os.fspath(job.partial), data, name="0")
+        store_resumable([(data, array, job)])
+        job.commit(overwrite=overwrite)
     return final

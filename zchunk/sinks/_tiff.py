@@ -2,9 +2,12 @@
 
 Uncompressed data are written in place: the file is laid out first (header, description,
 contiguous image data), then every dask block is computed once and written to its bytes.
-Compressed pages must be written in order, one after the other, so volumes go through a
-scratch zarr array next to the output: blocks are computed once into it (one shard per block,
-one inner chunk per plane of a block), then pages are read back one at a time and encoded.
+Compressed pages must be written in order, one after the other, so they go through a scratch
+zarr array next to the output: blocks are computed once into it (one shard per block, one
+inner chunk per plane of a block), then pages are read back one at a time and encoded.
+
+Both are resumable (see :mod:`zchunk.sinks._resume`): the laid-out file, or the scratch
+array, is ``.<name>.zchunk-partial`` with a record of its settings and finished blocks.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import tifffile
 
-from zchunk.sinks._atomic import abandon, atomic_output, prepare_output, sibling_name
+from zchunk.errors import OptionError, PartialOutputError, StackFormatError
+from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
     native_order,
+    open_aligned_array,
     regular_grid,
     stack_attributes,
-    store_blocks,
 )
 from zchunk.stack import normalize_unit
 
@@ -136,7 +141,7 @@ def _normalize_compression(compression: str | None) -> str | None:
             f"compression={compression!r} is not supported for TIFF: use None or one of "
             f"{', '.join(map(repr, COMPRESSIONS))}"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     return name
 
 
@@ -147,7 +152,7 @@ def _tiff_order(stack: Stack) -> Stack:
             f"a TIFF holds (y, x) planes, but the stack's axes are {stack.axes!r}: "
             "write it to .zarr instead"
         )
-        raise ValueError(msg)
+        raise StackFormatError(msg)
     perm = [stack.axes.index(a) for a in TIFF_AXES if a in stack.axes]
     if perm == list(range(len(perm))):
         return stack
@@ -243,7 +248,7 @@ def _layout(stack: Stack, *, ome: bool) -> _Layout:
                 f"OME-TIFF cannot store pixels of dtype {dtype}: write a .tif or .zarr, "
                 "or cast the stack to a 32-bit type"
             )
-            raise ValueError(msg)
+            raise StackFormatError(msg)
         resolution, unit = _tag_resolution(stack)
         return _Layout("ome", bigtiff, shape, dtype, _ome_metadata(stack), resolution, unit)
     if dtype in IMAGEJ_DTYPES and not bigtiff:
@@ -288,20 +293,72 @@ class _FileRegions:
                 fh.write(memoryview(value[index]).cast("B"))
 
 
-def _write_uncompressed(tmp: Path, data: da.Array, layout: _Layout) -> None:
-    located = tifffile.imwrite(
-        tmp,
-        None,
-        bigtiff=layout.bigtiff,
-        returnoffset=True,
-        **_kind_arg(layout.kind),
-        **layout.write_args(),
-    )
-    if located is None:  # pragma: no cover - tifffile lays uncompressed strips out contiguously
-        msg = f"tifffile did not write {tmp} contiguously"
-        raise RuntimeError(msg)
-    regions = _FileRegions(os.fspath(tmp), located[0], layout.shape, layout.dtype)
-    store_blocks(data, regions, tmp)
+def _layout_record(layout: _Layout) -> dict[str, Any]:
+    """Describe what the laid-out TIFF holds besides the pixels (compared on resume)."""
+    return {
+        "kind": layout.kind,
+        "bigtiff": layout.bigtiff,
+        "metadata": layout.metadata,
+        "resolution": layout.resolution,
+        "resolutionunit": layout.resolutionunit,
+    }
+
+
+def _data_offset(path: Path, layout: _Layout) -> int:
+    """Offset of the pixels in a laid-out (partial) TIFF; PartialOutputError if unusable."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            offset = series.dataoffset
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+        size = os.path.getsize(path)
+    except Exception as exc:
+        msg = f"the partial output {os.fspath(path)!r} cannot be read back ({exc})"
+        raise PartialOutputError(msg) from exc
+    nbytes = math.prod(layout.shape) * layout.dtype.itemsize
+    if (
+        offset is None
+        or math.prod(shape) != math.prod(layout.shape)
+        or dtype != layout.dtype
+        or size < offset + nbytes
+    ):
+        msg = f"the partial output {os.fspath(path)!r} is not laid out as expected"
+        raise PartialOutputError(msg)
+    return int(offset)
+
+
+def _write_uncompressed(
+    final: Path, stack: Stack, data: da.Array, layout: _Layout, *, resume: bool, overwrite: bool
+) -> None:
+    settings = settings_of(stack, data, format="tiff", metadata=_layout_record(layout))
+    with resumable_output(
+        final,
+        settings,
+        folder=False,
+        resume=resume,
+        overwrite=overwrite,
+        nbytes=int(data.nbytes),
+        compressed=False,
+    ) as job:
+        data = job.align(data)
+        if job.fresh:
+            located = tifffile.imwrite(
+                job.partial,
+                None,
+                bigtiff=layout.bigtiff,
+                returnoffset=True,
+                **_kind_arg(layout.kind),
+                **layout.write_args(),
+            )
+            if located is None:  # pragma: no cover - tifffile lays raw strips out contiguously
+                msg = f"tifffile did not write {job.partial} contiguously"
+                raise RuntimeError(msg)
+            offset = int(located[0])
+        else:
+            offset = _data_offset(job.partial, layout)
+        regions = _FileRegions(os.fspath(job.partial), offset, layout.shape, layout.dtype)
+        store_resumable([(data, regions, job)])
+        job.commit(overwrite=overwrite)
 
 
 def _pages(array: zarr.Array[Any], shape: tuple[int, ...]) -> Iterator[np.ndarray[Any, Any]]:
@@ -310,7 +367,14 @@ def _pages(array: zarr.Array[Any], shape: tuple[int, ...]) -> Iterator[np.ndarra
 
 
 def _write_compressed(
-    tmp: Path, final: Path, data: da.Array, layout: _Layout, axes: str, compression: str
+    final: Path,
+    stack: Stack,
+    data: da.Array,
+    layout: _Layout,
+    compression: str,
+    *,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     page_bytes = math.prod(layout.shape[-2:]) * layout.dtype.itemsize
     write_args = {
@@ -320,22 +384,36 @@ def _write_compressed(
         **layout.write_args(),
     }
     kind = _kind_arg(layout.kind)
-    if data.ndim == 2:
-        plane = data.compute()  # a (y, x) result: one page, small by construction
-        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff:
-            tiff.write(np.asarray(plane), **write_args)
-        return
-    scratch = sibling_name(final, "scratch")
-    try:
-        data = regular_grid(data)
-        array = create_aligned_array(
-            os.fspath(scratch), data, axes=axes, level=1, dimension_names=False
-        )
-        store_blocks(data, array, scratch)
-        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff:
-            tiff.write(_pages(array, layout.shape), **write_args)
-    finally:
-        abandon(scratch)
+    data = regular_grid(data)
+    # the scratch array holds the pixels only: the TIFF's metadata is written from this run
+    settings = settings_of(stack, data, format="tiff-scratch", writer={"level": 1})
+    with resumable_output(
+        final,
+        settings,
+        folder=True,
+        resume=resume,
+        overwrite=overwrite,
+        nbytes=int(data.nbytes),
+        compressed=True,
+    ) as job:
+        data = job.align(data)
+        scratch = os.fspath(job.partial)
+        if job.fresh:
+            array = create_aligned_array(
+                scratch, data, axes=stack.axes, level=1, dimension_names=False
+            )
+        else:
+            array = open_aligned_array(scratch, data)
+        store_resumable([(data, array, job)])
+        with (
+            atomic_output(final, overwrite=overwrite) as tmp,
+            tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff,
+        ):
+            if data.ndim == 2:
+                tiff.write(np.asarray(array[...]), **write_args)
+            else:
+                tiff.write(_pages(array, layout.shape), **write_args)
+        job.discard()
 
 
 def to_tiff(
@@ -346,8 +424,9 @@ def to_tiff(
     overwrite: bool = False,
     compression: str | None = None,
     ome: bool = False,
+    resume: bool = False,
 ) -> Path:
-    """Write `stack` to a multi-page TIFF in bounded memory, atomically.
+    """Write `stack` to a multi-page TIFF in bounded memory, resumably.
 
     The format depends on what ImageJ (Fiji) can read:
 
@@ -376,11 +455,16 @@ def to_tiff(
 
     Memory: uncompressed output is laid out first and every dask block is computed once and
     written to its bytes in any order (about one block per worker thread). Compressed pages
-    must be written in order: a 2-D result is computed whole (it is one plane), a volume is
-    first computed block by block into a scratch zarr array next to the output (one shard per
-    block, one chunk per plane of it), then written page by page from there, so memory is one
-    page plus one chunk, and the scratch array is deleted afterwards. It needs free disk space
-    for about the compressed size of the data.
+    must be written in order: the stack is first computed block by block into a scratch zarr
+    array next to the output (one shard per block, one chunk per plane of it), then written
+    page by page from there, so memory is one page plus one chunk, and the scratch array is
+    deleted afterwards. It needs free disk space for about the compressed size of the data.
+
+    Resume: the laid-out file (uncompressed) or the scratch array (compressed) is
+    ``.<name>.zchunk-partial`` next to `path`, with a record of the settings and of every
+    finished block; an interrupted run (Ctrl-C, a kill, a crash, a full disk) leaves it, and
+    ``resume=True`` computes only the missing blocks (then, when compressed, writes the
+    pages). The file appears under `path` only when complete.
 
     Parameters
     ----------
@@ -390,14 +474,17 @@ def to_tiff(
         Output file (``.tif``, ``.tiff``; ``.ome.tif`` goes with ``ome=True``). Missing parent
         folders are created.
     overwrite : bool
-        Replace an existing `path`. An input of `stack` (``stack.attrs["source_paths"]``) is
-        never replaced.
+        Replace an existing `path`, and discard a partial output that is not resumed. An
+        input of `stack` (``stack.attrs["source_paths"]``) is never replaced.
     compression : str, optional
         None (default, fastest, readable by every program) or a lossless codec: ``"zlib"``,
         ``"deflate"``, ``"lzw"``, ``"zstd"``, ``"lzma"``, ``"packbits"``. ImageJ reads zlib,
         deflate, lzw and packbits, not zstd or lzma.
     ome : bool
         Write OME-TIFF metadata instead of ImageJ's.
+    resume : bool
+        Continue the partial output of an interrupted run started with the same settings
+        (see :func:`~zchunk.sinks.to_zarr`); without one, a normal write.
 
     Returns
     -------
@@ -408,9 +495,13 @@ def to_tiff(
     ------
     OutputExistsError
         If `path` exists and `overwrite` is false, or if `path` is (or is inside) an input.
-    ValueError
+    PartialOutputError, ResumeMismatchError, DiskSpaceError
+        As :func:`~zchunk.sinks.to_zarr`.
+    StackFormatError
         If the dtype is not an integer or float type, if OME-TIFF cannot store it (64-bit
-        integers, float16), if the stack has no y or x axis, or if `compression` is unknown.
+        integers, float16), or if the stack has no y or x axis.
+    OptionError
+        If `compression` is unknown.
 
     Examples
     --------
@@ -432,9 +523,8 @@ def to_tiff(
     layout = _layout(stack, ome=ome)
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = native_order(stack.data)
-    with atomic_output(final, overwrite=overwrite) as tmp:
-        if codec is None:
-            _write_uncompressed(tmp, data, layout)
-        else:
-            _write_compressed(tmp, final, data, layout, stack.axes, codec)
+    if codec is None:
+        _write_uncompressed(final, stack, data, layout, resume=resume, overwrite=overwrite)
+    else:
+        _write_compressed(final, stack, data, layout, codec, resume=resume, overwrite=overwrite)
     return final

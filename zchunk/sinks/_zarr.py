@@ -16,7 +16,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from zchunk.sinks._atomic import GuardedTarget, atomic_output, prepare_output
+from zchunk.errors import PartialOutputError, StackFormatError
+from zchunk.sinks._atomic import GuardedTarget, prepare_output
+from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "check_writable",
     "create_aligned_array",
     "native_order",
+    "open_aligned_array",
     "regular_grid",
     "stack_attributes",
     "store_blocks",
@@ -41,7 +44,7 @@ DEFAULT_COMPRESSION_LEVEL = 3
 
 
 def check_writable(stack: Stack) -> None:
-    """Raise ValueError unless `stack` holds a non-empty array of integers or floats.
+    """Raise StackFormatError unless `stack` holds a non-empty array of integers or floats.
 
     Examples
     --------
@@ -49,7 +52,7 @@ def check_writable(stack: Stack) -> None:
     >>> check_writable(Stack(np.zeros((2, 3), dtype=bool)))
     Traceback (most recent call last):
     ...
-    ValueError: cannot write pixels of dtype bool: cast the stack to an integer or float dtype first (e.g. uint8)
+    zchunk.errors.StackFormatError: cannot write pixels of dtype bool: cast the stack to an integer or float dtype first (e.g. uint8)
     """
     dtype = stack.dtype
     if dtype.kind not in "uif":
@@ -57,10 +60,10 @@ def check_writable(stack: Stack) -> None:
             f"cannot write pixels of dtype {dtype}: cast the stack to an integer or float "
             "dtype first (e.g. uint8)"
         )
-        raise ValueError(msg)
+        raise StackFormatError(msg)
     if stack.data.size == 0:
         msg = f"cannot write an empty stack of shape {stack.shape}"
-        raise ValueError(msg)
+        raise StackFormatError(msg)
 
 
 def native_order(data: da.Array) -> da.Array:
@@ -203,6 +206,39 @@ def create_aligned_array(
     return array
 
 
+def open_aligned_array(
+    store: StoreLike, data: da.Array, /, *, name: str | None = None
+) -> zarr.Array[Any]:
+    """Open the array :func:`create_aligned_array` made for `data`, to write its other blocks.
+
+    Raises
+    ------
+    PartialOutputError
+        If the array is not the one `data` needs (shape, dtype or shards differ).
+    """
+    try:
+        array = zarr.open_array(
+            store, path=name or "", mode="r+", config={"write_empty_chunks": True}
+        )
+    except Exception as exc:
+        msg = f"the partial output {store!r} cannot be read back ({exc}); it was deleted: run again"
+        raise PartialOutputError(msg) from exc
+    block = tuple(int(c[0]) for c in data.chunks)
+    units = array.shards if array.shards is not None else block  # v2: plane chunks, any block
+    if (
+        tuple(array.shape) != tuple(data.shape)
+        or np.dtype(array.dtype) != np.dtype(data.dtype)
+        or tuple(units) != block
+    ):
+        msg = (
+            f"the partial output {store!r} does not hold the expected array "
+            f"(shape {array.shape}, dtype {array.dtype}, shards {array.shards}); it was "
+            "deleted: run again"
+        )
+        raise PartialOutputError(msg)
+    return array
+
+
 def store_blocks(data: da.Array, target: Any, root: Path) -> None:
     """Compute every block of `data` once and write it to the same region of `target`.
 
@@ -239,8 +275,15 @@ def stack_attributes(stack: Stack) -> dict[str, Any]:
     }
 
 
-def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path:
-    """Write `stack` to a zarr v3 array, block by block, atomically.
+def to_zarr(
+    stack: Stack,
+    path: PathLike,
+    /,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Path:
+    """Write `stack` to a zarr v3 array, block by block, resumably.
 
     Every dask block is computed once and written to its own shard: shards are the block
     shape (the last shard along an axis may be cut by the array edge) and inner chunks are one
@@ -250,8 +293,10 @@ def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path
     :func:`regular_grid`: the first chunk size along each axis; the first axis of a volume is
     never split, only merged). Peak memory is about one block per dask worker thread.
 
-    The folder is written under a temporary name next to `path` and renamed onto `path` at
-    the end; on any error nothing is left behind.
+    The array is written as ``.<name>.zchunk-partial`` next to `path`, with a record of the
+    settings and of every finished block (see :mod:`zchunk.sinks._resume`), and renamed onto
+    `path` when complete. If the run is interrupted (Ctrl-C, a kill, a crash, a full disk),
+    the partial output stays and ``resume=True`` continues it; any other error deletes it.
 
     Parameters
     ----------
@@ -260,8 +305,13 @@ def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path
     path : str or os.PathLike
         Output folder, conventionally ending in ``.zarr``. Missing parent folders are created.
     overwrite : bool
-        Replace an existing `path`. An input of `stack` (``stack.attrs["source_paths"]``) is
-        never replaced.
+        Replace an existing `path`, and discard a partial output that is not resumed. An
+        input of `stack` (``stack.attrs["source_paths"]``) is never replaced.
+    resume : bool
+        Continue the partial output of an interrupted run: the blocks it holds are skipped
+        (neither read nor computed) if it was started with the same settings (inputs
+        unchanged, same operation, parameters, dtype, shape and calibration). Without a
+        partial output, a normal write.
 
     Returns
     -------
@@ -273,7 +323,15 @@ def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path
     OutputExistsError
         If `path` exists and `overwrite` is false, or if `path` is (or is inside, or holds) an
         input of the stack.
-    ValueError
+    PartialOutputError
+        If an interrupted run left a partial output and neither `resume` nor `overwrite` is
+        given.
+    ResumeMismatchError
+        If `resume` is given but the partial output has other settings (and not `overwrite`).
+    DiskSpaceError
+        If the output folder has less free space than the uncompressed size of the output
+        (of its missing blocks, when resuming).
+    StackFormatError
         If the dtype is not an integer or float type (bool, complex, object...).
 
     Notes
@@ -296,12 +354,30 @@ def to_zarr(stack: Stack, path: PathLike, /, *, overwrite: bool = False) -> Path
     check_writable(stack)
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
-    with atomic_output(final, overwrite=overwrite) as tmp:
-        array = create_aligned_array(
-            os.fspath(tmp),
-            data,
-            axes=stack.axes,
-            attributes={"zchunk": stack_attributes(stack)},
-        )
-        store_blocks(data, array, tmp)
+    attributes = {"zchunk": stack_attributes(stack)}
+    settings = settings_of(
+        stack,
+        data,
+        format="zarr",
+        metadata=attributes,
+        writer={"zarr_format": 3, "level": DEFAULT_COMPRESSION_LEVEL},
+    )
+    with resumable_output(
+        final,
+        settings,
+        folder=True,
+        resume=resume,
+        overwrite=overwrite,
+        nbytes=int(data.nbytes),
+        compressed=True,
+    ) as job:
+        data = job.align(data)
+        if job.fresh:
+            array = create_aligned_array(
+                os.fspath(job.partial), data, axes=stack.axes, attributes=attributes
+            )
+        else:
+            array = open_aligned_array(os.fspath(job.partial), data)
+        store_resumable([(data, array, job)])
+        job.commit(overwrite=overwrite)
     return final

@@ -1,0 +1,76 @@
+"""Memory is set by the budget, not by the data: measured from the OS in child processes."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from zchunk.testing import write_tiff_stack
+
+BUDGET_MB = 64
+SLACK_MB = 96  # allocator and thread-pool noise above the budget
+
+
+def _peak_rss_mb(code: str) -> float:
+    """Run `code` in a fresh interpreter; return its peak RSS (MiB) as the OS measured it."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.stderr.close()
+    assert proc.returncode == 0, err
+    return usage.ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def big_stack(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mem") / "stack.tif"
+    write_tiff_stack(str(path), (64, 1024, 2048), "uint16", seed=3)  # 256 MiB, 4x the budget
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def baseline_mb(tmp_path_factory):
+    """Peak RSS of the same work on a tiny stack: interpreter, imports, compiled kernels."""
+    small = tmp_path_factory.mktemp("small") / "small.tif"
+    write_tiff_stack(str(small), (8, 64, 64), "uint16")
+    out = tmp_path_factory.mktemp("small-out")
+    return max(
+        _peak_rss_mb(_project_code(str(small), out / "p")),
+        _peak_rss_mb(_filter_code(str(small), out / "g.zarr")),
+    )
+
+
+def _project_code(src, out):
+    return f"""
+        from zchunk.pipeline import run_project
+        run_project({src!r}, ["max", "median"], {str(out)!r}, memory_limit="{BUDGET_MB}MiB",
+                    progress=False)
+    """
+
+
+def _filter_code(src, out):
+    return f"""
+        from zchunk.pipeline import run_filter
+        run_filter({src!r}, "gaussian", {str(out)!r}, params={{"sigma": 2}},
+                   memory_limit="{BUDGET_MB}MiB", progress=False)
+    """
+
+
+def test_projection_memory_is_bounded(big_stack, baseline_mb, tmp_path):
+    peak = _peak_rss_mb(_project_code(big_stack, tmp_path / "proj"))
+    assert peak <= baseline_mb + BUDGET_MB + SLACK_MB, (peak, baseline_mb)
+    assert sorted(os.listdir(tmp_path / "proj")) == ["max.tif", "median.tif"]
+
+
+def test_filter_to_zarr_memory_is_bounded(big_stack, baseline_mb, tmp_path):
+    peak = _peak_rss_mb(_filter_code(big_stack, tmp_path / "g.zarr"))
+    assert peak <= baseline_mb + BUDGET_MB + SLACK_MB, (peak, baseline_mb)
+
+
+def test_the_check_can_fail(big_stack, baseline_mb):
+    """Loading the whole stack does break the bound: the test above measures something."""
+    peak = _peak_rss_mb(f"import tifffile; a = tifffile.imread({big_stack!r}); print(a.max())")
+    assert peak > baseline_mb + BUDGET_MB + SLACK_MB - 200  # 256 MiB of data on top of imports

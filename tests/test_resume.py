@@ -1,0 +1,496 @@
+"""Resumable outputs: interrupted writes (exceptions, SIGKILL) continue bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import zchunk
+from zchunk.cli import main
+from zchunk.errors import (
+    DiskSpaceError,
+    IncompleteOutputError,
+    OutputExistsError,
+    PartialOutputError,
+    ResumeMismatchError,
+    SourceNotFoundError,
+)
+from zchunk.ops.projection import project_many
+from zchunk.sinks import save, save_many, to_ome_zarr, to_tiff, to_zarr
+from zchunk.stack import Stack
+from zchunk.testing import blobs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+WRITERS = {
+    "zarr": lambda s, d, **kw: to_zarr(s, d / "out.zarr", **kw),
+    "ome-zarr": lambda s, d, **kw: to_ome_zarr(s, d / "out.ome.zarr", **kw),
+    "ome-zarr-0.4": lambda s, d, **kw: to_ome_zarr(s, d / "out.ome.zarr", ngff_version="0.4", **kw),
+    "tiff": lambda s, d, **kw: to_tiff(s, d / "out.tif", **kw),
+    "tiff-zlib": lambda s, d, **kw: to_tiff(s, d / "out.tif", compression="zlib", **kw),
+    "ome-tiff-zstd": lambda s, d, **kw: to_tiff(
+        s, d / "out.ome.tif", ome=True, compression="zstd", **kw
+    ),
+}
+FINAL = {
+    "zarr": "out.zarr",
+    "ome-zarr": "out.ome.zarr",
+    "ome-zarr-0.4": "out.ome.zarr",
+    "tiff": "out.tif",
+    "tiff-zlib": "out.tif",
+    "ome-tiff-zstd": "out.ome.tif",
+}
+
+
+def partial_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.zchunk-partial")
+
+
+def blocks_dir(path: Path, folder: bool | None = None) -> Path:
+    """The block records of the partial output of `path` (inside it, or next to it)."""
+    partial = partial_of(path)
+    if partial.is_dir() if folder is None else folder:
+        return partial / ".zchunk-record" / "blocks"
+    return partial.with_name(partial.name + ".zchunk-record") / "blocks"
+
+
+def _bytes(path: Path) -> bytes:
+    # an OME-TIFF names itself with a random UUID, different in every run
+    return re.sub(rb'UUID="urn:uuid:[0-9a-f-]+"', b'UUID=""', path.read_bytes())
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file of an output (a file, or a folder) by relative name, with its bytes."""
+    if path.is_file():
+        return {path.name: _bytes(path)}
+    return {str(p.relative_to(path)): _bytes(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+class Interrupt:
+    """Count the computations of each block; raise `exc` at the `after`-th one, once."""
+
+    def __init__(self, after: int, exc: type[BaseException] | BaseException = KeyboardInterrupt):
+        self.after = after
+        self.exc = exc
+        self.counts: Counter[tuple[int, ...]] = Counter()
+        self.lock = threading.Lock()
+        self.fired = False
+
+    def __call__(self, block, block_info=None):
+        with self.lock:
+            if not self.fired and sum(self.counts.values()) + 1 == self.after:
+                self.fired = True
+                raise self.exc if isinstance(self.exc, BaseException) else self.exc()
+            self.counts[tuple(block_info[0]["chunk-location"])] += 1
+        return block
+
+    def wrap(self, stack: Stack) -> Stack:
+        return stack.replace(data=stack.data.map_blocks(self, dtype=stack.dtype))
+
+
+def make_stack(shape=(4, 40, 20), chunks=(4, 8, 20), dtype=np.uint16, **fields):
+    a = blobs(shape, dtype, seed=11)
+    return Stack(da.from_array(a, chunks=chunks), **fields), a
+
+
+# --- resume through the API, every writer ------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_interrupted_write_resumes_bit_identical(tmp_path, writer):
+    stack, _ = make_stack(scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
+    ref = WRITERS[writer](stack, tmp_path / "ref")
+    work = tmp_path / "work"
+    cut = Interrupt(after=3)
+    stack = cut.wrap(stack)  # the same dask graph for both runs (an array: no input files)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt) as info:
+        WRITERS[writer](stack, work)
+    assert "resume" in "".join(info.value.__notes__)
+    final = work / FINAL[writer]
+    assert not final.exists()
+    assert partial_of(final).exists()
+    done = len(os.listdir(blocks_dir(final)))
+    assert done == 2
+    cut.counts.clear()
+    out = WRITERS[writer](stack, work, resume=True)
+    assert out == final
+    assert sum(cut.counts.values()) == 5 - done  # only the missing blocks were computed
+    assert sorted(p.name for p in work.iterdir()) == [final.name]  # no partial, no record
+    assert tree(out) == tree(ref)  # bit for bit, metadata included
+
+
+def test_resume_without_partial_is_a_normal_write(tmp_path):
+    stack, a = make_stack()
+    out = to_zarr(stack, tmp_path / "a.zarr", resume=True)
+    np.testing.assert_array_equal(zarr.open_array(out)[:], a)
+
+
+def test_two_dimensional_compressed_tiff_resumes(tmp_path):
+    stack, a = make_stack(shape=(40, 20), chunks=(8, 20))
+    cut = Interrupt(after=4)
+    stack = cut.wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_tiff(stack, tmp_path / "p.tif", compression="zlib")
+    cut.counts.clear()
+    out = to_tiff(stack, tmp_path / "p.tif", compression="zlib", resume=True)
+    assert sum(cut.counts.values()) == 2
+    np.testing.assert_array_equal(tifffile.imread(out), a)
+
+
+def test_partial_output_needs_resume_or_overwrite(tmp_path):
+    stack, a = make_stack()
+    stack = Interrupt(after=2).wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_zarr(stack, tmp_path / "a.zarr")
+    before = tree(partial_of(tmp_path / "a.zarr"))
+    with pytest.raises(PartialOutputError, match=r"1 of 5 blocks done.*--resume.*--overwrite"):
+        to_zarr(stack, tmp_path / "a.zarr")
+    assert tree(partial_of(tmp_path / "a.zarr")) == before  # untouched
+    out = to_zarr(stack, tmp_path / "a.zarr", overwrite=True)  # starts over
+    np.testing.assert_array_equal(zarr.open_array(out)[:], a)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
+
+
+def test_finished_output_is_not_resumed_over(tmp_path):
+    stack, _ = make_stack()
+    to_zarr(stack, tmp_path / "a.zarr")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        to_zarr(stack, tmp_path / "a.zarr", resume=True)
+
+
+def test_other_failures_delete_the_partial_output(tmp_path):
+    stack, _ = make_stack()
+    with pytest.raises(ZeroDivisionError):
+        to_zarr(Interrupt(after=3, exc=ZeroDivisionError).wrap(stack), tmp_path / "a.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_keeps_the_partial_output(tmp_path):
+    stack, a = make_stack()
+    full = OSError(errno.ENOSPC, "No space left on device")
+    cut = Interrupt(after=3, exc=full)
+    stack = cut.wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(DiskSpaceError) as info:
+        to_tiff(stack, tmp_path / "a.tif")
+    assert "\n" not in str(info.value)
+    assert "disk filled up" in str(info.value)
+    assert "resume" in str(info.value)
+    assert partial_of(tmp_path / "a.tif").is_file()
+    out = to_tiff(stack, tmp_path / "a.tif", resume=True)
+    np.testing.assert_array_equal(tifffile.imread(out), a)
+
+
+def test_an_array_input_is_identified_by_its_dask_graph(tmp_path):
+    stack, _ = make_stack()
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_zarr(Interrupt(after=3).wrap(stack), tmp_path / "a.zarr")
+    # without input files, another graph (here: the uninterrupted one) is another input
+    with pytest.raises(ResumeMismatchError, match="the input array differs"):
+        to_zarr(stack, tmp_path / "a.zarr", resume=True)
+
+
+def _tiff_source(tmp_path, shape=(6, 48, 32)):
+    data = blobs(shape, "uint16", seed=3)
+    path = tmp_path / "src.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    return path, data
+
+
+def _interrupt_filter(src, out, after=3, **params):
+    stack = zchunk.filter(zchunk.open(src, memory_limit="20KB"), "gaussian", **params)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        zchunk.save(Interrupt(after=after).wrap(stack), out)
+
+
+def test_resume_of_a_file_input_with_another_memory_limit(tmp_path):
+    src, _ = _tiff_source(tmp_path)
+    ref = zchunk.save(zchunk.filter(zchunk.open(src), "gaussian", sigma=1), tmp_path / "ref.zarr")
+    out = tmp_path / "out.zarr"
+    _interrupt_filter(src, out, sigma=1)
+    stack = zchunk.filter(zchunk.open(src, memory_limit="40KB"), "gaussian", sigma=1)
+    partial_chunks = zarr.open_array(partial_of(out)).shards
+    assert stack.data.chunks[1][0] != partial_chunks[1]  # another plan: rechunked on resume
+    zchunk.save(stack, out, resume=True)
+    got, want = zarr.open_array(out)[:], zarr.open_array(ref)[:]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    src, _ = _tiff_source(tmp_path)
+    out = tmp_path / "out.zarr"
+    _interrupt_filter(src, out, sigma=1)
+    other = zchunk.filter(zchunk.open(src), "gaussian", sigma=2)
+    with pytest.raises(ResumeMismatchError, match=r"operation differs.*sigma.*--overwrite"):
+        zchunk.save(other, out, resume=True)
+    with pytest.raises(ResumeMismatchError, match="dtype differs"):
+        zchunk.save(zchunk.filter(zchunk.open(src), "gaussian", sigma=1, dtype="uint16"), out,
+                    resume=True)  # fmt: skip
+    # the input changed since the partial output was started
+    st = os.stat(src)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    same = zchunk.filter(zchunk.open(src), "gaussian", sigma=1)
+    with pytest.raises(ResumeMismatchError, match=r"src\.tif changed since.*mtime_ns"):
+        zchunk.save(same, out, resume=True)
+    # overwrite starts over
+    written = zchunk.save(same, out, resume=True, overwrite=True)
+    assert zarr.open_array(written).attrs["zchunk"]["name"] == "gaussian-src.tif"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "src.tif"]
+
+
+def test_resume_in_another_format_is_refused(tmp_path):
+    stack, _ = make_stack()
+    stack = Interrupt(after=3).wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_tiff(stack, tmp_path / "a.tif", compression="zlib")
+    with pytest.raises(ResumeMismatchError, match=r"output format differs.*tiff-scratch"):
+        to_tiff(stack, tmp_path / "a.tif", resume=True)  # uncompressed: another partial output
+    out = to_tiff(stack, tmp_path / "a.tif", resume=True, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_record_holds_the_settings(tmp_path):
+    src, _ = _tiff_source(tmp_path)
+    out = tmp_path / "out.zarr"
+    _interrupt_filter(src, out, sigma=1.5)
+    settings = json.loads((partial_of(out) / ".zchunk-record" / "settings.json").read_text())
+    assert settings["inputs"][0]["path"] == str(src)
+    assert settings["inputs"][0]["size"] == os.path.getsize(src)
+    assert settings["operation"]["filter"]["sigma"] == [1.5, 1.5, 1.5]
+    assert settings["dtype"] == "<f4"
+    assert settings["shape"] == [6, 48, 32]
+    assert settings["format"] == "zarr"
+    assert settings["zchunk"] == zchunk.__version__
+
+
+def test_open_refuses_a_partial_output(tmp_path):
+    src, _ = _tiff_source(tmp_path)
+    out = tmp_path / "out.zarr"
+    _interrupt_filter(src, out, sigma=1)
+    with pytest.raises(IncompleteOutputError, match=r"interrupted.*--resume.*allow_incomplete"):
+        zchunk.open(partial_of(out))
+    with pytest.raises(SourceNotFoundError, match=r"does not exist.*--resume"):
+        zchunk.open(out)
+    s = zchunk.open(partial_of(out), allow_incomplete=True)
+    assert s.shape == (6, 48, 32)
+    # a renamed partial output is still known as incomplete by its record
+    moved = tmp_path / "moved.zarr"
+    partial_of(out).rename(moved)
+    with pytest.raises(IncompleteOutputError, match="incomplete zchunk output"):
+        zchunk.open(moved)
+
+
+def test_open_refuses_a_partial_uncompressed_tiff(tmp_path):
+    stack, _ = make_stack()
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_tiff(Interrupt(after=2).wrap(stack), tmp_path / "a.tif")
+    with pytest.raises(IncompleteOutputError):
+        zchunk.open(partial_of(tmp_path / "a.tif"))
+
+
+def test_partial_without_record_is_started_over_on_resume(tmp_path):
+    stack, a = make_stack()
+    partial_of(tmp_path / "a.zarr").mkdir()  # e.g. killed right after creating it
+    with pytest.raises(PartialOutputError):
+        to_zarr(stack, tmp_path / "a.zarr")
+    out = to_zarr(stack, tmp_path / "a.zarr", resume=True)
+    np.testing.assert_array_equal(zarr.open_array(out)[:], a)
+
+
+def test_disk_space_is_checked_before_writing(tmp_path, monkeypatch):
+    stack, _ = make_stack()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    for name in ("a.tif", "a.zarr"):
+        with pytest.raises(DiskSpaceError, match=r"needs about 6\.2 KiB.*has 1000 B free"):
+            save(stack, tmp_path / name)
+    with pytest.raises(DiskSpaceError, match="uncompressed size"):
+        save(stack, tmp_path / "a.zarr")
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(DiskSpaceError("x"), OSError)
+
+
+def test_save_many_resumes_its_scratch_arrays(tmp_path):
+    stack, a = make_stack()
+    cut = Interrupt(after=3)
+    stack = cut.wrap(stack)
+    results = project_many(stack, ["max", "mean"])
+    paths = {"max": tmp_path / "max.tif", "mean": tmp_path / "mean.zarr"}
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        save_many(results, paths)
+    assert any(p.name.endswith(".zchunk-partial") for p in tmp_path.iterdir())
+    cut.counts.clear()
+    out = save_many(results, paths, resume=True)
+    assert sum(cut.counts.values()) == 3  # 5 blocks, 2 of them done
+    np.testing.assert_array_equal(tifffile.imread(out["max"]), a.max(axis=0))
+    np.testing.assert_array_equal(zarr.open_array(out["mean"])[:], a.mean(axis=0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["max.tif", "mean.zarr"]
+
+
+# --- SIGKILL at random points of real runs -------------------------------------------------
+
+
+SHAPE = (4, 768, 64)  # tens of bands under --memory-limit 100KB, whatever the band height
+CLI_ARGS = ["gaussian", "--sigma", "1", "--memory-limit", "100KB", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def kill_source(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kill")
+    path = folder / "src.tif"
+    tifffile.imwrite(path, blobs(SHAPE, "uint16", seed=1), photometric="minisblack")
+    return path
+
+
+def _blocks(records: Path) -> int:
+    """Blocks of the partial output whose block records are `records`, 0 before it exists."""
+    try:
+        settings = json.loads((records.parent / "settings.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return math.prod(len(c) for c in settings["chunks"])
+
+
+def _kill_after(argv: list[str], records: Path, when, timeout: float = 60) -> int:
+    """Run `argv` and SIGKILL it once `records` holds ``when(total blocks)`` block records.
+
+    Returns how many blocks were recorded when it died.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    at_least = None
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if at_least is None and (total := _blocks(records)):
+                at_least = when(total)
+                assert at_least < total
+            try:
+                done = len(os.listdir(records))
+            except FileNotFoundError:
+                done = 0
+            if at_least is not None and done >= at_least:
+                proc.send_signal(signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(
+                    f"the run ended (code {proc.returncode}) before {at_least} blocks: {err}"
+                )
+            time.sleep(0.002)
+        else:
+            pytest.fail(f"no {at_least} blocks within {timeout} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return len(os.listdir(records))
+
+
+def _api_resume(src: Path, out: Path, *extra: str) -> list[str]:
+    code = (
+        "import sys, zchunk; "
+        "s = zchunk.filter(zchunk.open(sys.argv[1]), 'gaussian', sigma=1); "
+        "zchunk.save(s, sys.argv[2], resume=True" + "".join(f", {e}" for e in extra) + ")"
+    )
+    return [sys.executable, "-c", code, str(src), str(out)]
+
+
+def _cli(src: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "zchunk", "filter", str(src), *CLI_ARGS, "-o", str(out), *extra]
+
+
+def _check_bit_identical(out: Path, ref: Path) -> None:
+    assert not partial_of(out).exists()
+    assert not any(".zchunk" in p.name or p.name.endswith(".partial") for p in out.parent.iterdir())
+    if out.suffix == ".zarr":
+        assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+        got, want = zarr.open_array(out)[:], zarr.open_array(ref)[:]
+    else:
+        got, want = tifffile.imread(out), tifffile.imread(ref)
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert tree(out) == tree(ref)  # every byte of every file
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("name", "extra"), [("out.zarr", []), ("out.tif", ["--compression", "zlib"])]
+)
+def test_sigkill_at_random_points_then_resume_is_bit_identical(kill_source, tmp_path, name, extra):
+    rng = random.Random(f"zchunk-{name}")
+    ref = tmp_path / "ref" / name
+    assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(ref), "--quiet", *extra]) == 0
+    out = tmp_path / "run" / name
+    out.parent.mkdir()
+    records = blocks_dir(out, folder=True)  # zarr, or the scratch zarr of a compressed TIFF
+    first = _kill_after(
+        _cli(kill_source, out, *extra), records, lambda n: rng.randint(1, max(1, n // 4))
+    )
+    # a resumed run killed again, later
+    compression = ["compression='zlib'"] if extra else []
+    done = _kill_after(
+        _api_resume(kill_source, out, *compression),
+        records,
+        lambda n: first + rng.randint(1, max(1, n // 4)),
+    )
+    assert not out.exists()
+    assert 2 <= first < done < _blocks(records)
+    assert _blocks(records) >= 8
+    # resume to the end, in this process, with the default memory limit (another plan)
+    stack = zchunk.filter(zchunk.open(kill_source), "gaussian", sigma=1)
+    zchunk.save(stack, out, resume=True, compression="zlib" if extra else None)
+    _check_bit_identical(out, ref)
+
+
+def _cli_has_resume() -> bool:
+    """Whether ``zchunk filter --help`` offers --resume (the flag is wired in the CLI)."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+        main(["filter", "--help"])
+    return "--resume" in text.getvalue()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not _cli_has_resume(), reason="zchunk filter has no --resume yet")
+def test_sigkill_then_cli_resume_is_bit_identical(kill_source, tmp_path):
+    rng = random.Random(7)
+    ref = tmp_path / "ref" / "out.zarr"
+    assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(ref), "--quiet"]) == 0
+    out = tmp_path / "run" / "out.zarr"
+    out.parent.mkdir()
+    records = blocks_dir(out, folder=True)
+    done = _kill_after(_cli(kill_source, out), records, lambda n: rng.randint(1, max(1, n // 5)))
+    for _ in range(2):
+        done = _kill_after(
+            _cli(kill_source, out, "--resume"),
+            records,
+            lambda n, done=done: done + rng.randint(1, max(1, n // 5)),
+        )
+    assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(out), "--quiet"]) == 2
+    assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(out), "--resume", "--quiet"]) == 0
+    _check_bit_identical(out, ref)
