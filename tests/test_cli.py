@@ -185,6 +185,7 @@ def test_demo_runs(tmp_path, capsys, monkeypatch):
     assert "12 images of 48 x 64 pixels" in out
     assert "file and folder give identical projections" in out
     assert (tmp_path / "d" / "projections-folder" / "median.tif").exists()
+    assert (tmp_path / "d" / "preview.png").read_bytes()[:4] == b"\x89PNG"
     assert len(os.listdir(tmp_path / "d" / "embryo-planes")) == 12
 
 
@@ -233,3 +234,17 @@ def test_filter_user_errors(zstack, tmp_path, capsys):
     assert main(["filter", path, "median", "--size", "0", "-o", str(tmp_path / "m.tif")]) == 2
     assert "size" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]  # nothing written
+
+
+def test_preview_command(zstack, tmp_path, capsys):
+    from PIL import Image
+
+    path = zstack[0]
+    mip = tmp_path / "max.tif"
+    assert main(["project", path, "-o", str(mip), "--quiet"]) == 0
+    png = tmp_path / "p.png"
+    assert main(["preview", str(mip), path, "-o", str(png), "--planes", "2"]) == 0
+    assert "preview:" in capsys.readouterr().out
+    img = np.asarray(Image.open(png))
+    assert img.shape[1] >= 3 * 36  # the projection and two planes side by side
+    assert main(["preview", str(mip), "-o", str(png)]) == 2  # exists, no --overwrite

@@ -77,11 +77,32 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _add_write(p: argparse.ArgumentParser) -> None:
+    """Options of commands that write outputs."""
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the partial output of an interrupted run with the same settings",
+    )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="read an input with missing blocks or chunks (they read as zeros)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import zchunk
     from zchunk.describe import format_info
 
-    stack = zchunk.open(args.source, axes=args.axes, memory_limit=args.memory_limit)
+    stack = zchunk.open(
+        args.source,
+        axes=args.axes,
+        memory_limit=args.memory_limit,
+        allow_incomplete=args.allow_incomplete,
+    )
     d = zchunk.info(stack)
     print(json.dumps(d, indent=1, default=str) if args.json else format_info(d))
     return 0
@@ -124,6 +145,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=False if args.quiet else args.progress,
         prefilter=prefilter,
+        resume=args.resume,
+        allow_incomplete=args.allow_incomplete,
     )
     _print_summary(args, summary)
     return 0
@@ -160,8 +183,22 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         scheduler_file=args.scheduler_file,
         overwrite=args.overwrite,
         progress=False if args.quiet else args.progress,
+        resume=args.resume,
+        allow_incomplete=args.allow_incomplete,
+        pyramid=args.pyramid,
     )
     _print_summary(args, summary)
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    import zchunk
+    from zchunk.preview import preview
+
+    stacks = [zchunk.open(s, memory_limit=args.memory_limit) for s in args.inputs]
+    out = preview(stacks, args.output, planes=args.planes, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"preview: {out}")
     return 0
 
 
@@ -207,6 +244,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a stack: images, x/y size, layout, chunk plan")
     _add_source(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="describe an input with missing blocks or chunks (a partial output) anyway",
+    )
     p.set_defaults(func=_cmd_info)
 
     from zchunk.ops.projection import METHODS
@@ -257,8 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --gaussian: filter each plane in 2-D (ImageJ's stack mode)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_write(p)
     _add_run(p)
     p.set_defaults(func=_cmd_project)
 
@@ -290,8 +331,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="cast the output, rounded and clipped")
     p.add_argument("-o", "--output", required=True, help="output .tif, .ome.tif, .zarr, .ome.zarr")
     p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument(
+        "--pyramid",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with an .ome.zarr output: N extra levels, y/x halved each (mean)",
+    )
+    _add_write(p)
     _add_run(p)
     p.set_defaults(func=_cmd_filter)
 
@@ -311,6 +358,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="print nothing; use the exit code")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "preview",
+        help="a PNG montage of projections (or of a few planes of volumes) to look at",
+        description=(
+            "Write a PNG: one panel per 2-D image (a projection), a few evenly spaced planes "
+            "per volume; contrast stretched between the 0.5 and 99.5 percentiles, titled, with a "
+            "scale bar when the pixel size is known. Only the pixels shown are read."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", help="images: projections (.tif, .zarr) or stacks")
+    p.add_argument("-o", "--output", required=True, help="the PNG to write")
+    p.add_argument("--planes", type=int, default=3, help="planes shown per volume (default 3)")
+    p.add_argument("--memory-limit", default=None, help="memory budget, e.g. 2GiB")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_cmd_preview)
 
     p = sub.add_parser("demo", help="make a sample stack and run the pipeline on it")
     p.add_argument("dir", nargs="?", default="zchunk-demo", help="output folder")
@@ -337,8 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"zchunk: error: {exc}", file=sys.stderr)
             return 2
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("zchunk: interrupted", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):  # how to resume a kept partial output
+            print(note, file=sys.stderr)
         return 130
 
 

@@ -97,6 +97,16 @@ def run_demo(
         c = zchunk.compare(zchunk.open(a), zchunk.open(b))
         say(f"  max abs difference {c.max_abs_diff:g}, {c.differing} pixels differ")
         ok = ok and c.equal
+    from zchunk.preview import preview
+
+    shown = [zchunk.open(results["file"][m]) for m in ("max", "median")]
+    png = preview(
+        [*shown, zchunk.open(str(stack_path))],
+        out / "preview.png",
+        titles=["max projection", "median projection", "embryo.tif"],
+        overwrite=True,
+    )
+    say(f"\n$ zchunk preview {results['file']['max']} {results['file']['median']} ... -o {png}")
     mip = zchunk.open(results["file"]["max"]).data.compute()
     say(
         f"\nmax projection: {mip.shape[1]} x {mip.shape[0]} pixels, "

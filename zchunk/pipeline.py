@@ -533,8 +533,13 @@ def run_project(
     overwrite: bool = False,
     progress: bool | None = None,
     prefilter: tuple[str, dict[str, Any]] | None = None,
+    resume: bool = False,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Open `source`, project it with every method in one read, and write the results.
+
+    `resume` continues the partial outputs of an interrupted run with the same settings;
+    `allow_incomplete` reads an input with missing blocks (as zeros) instead of refusing it.
 
     `prefilter` = (filter name, parameters) filters the stack before projecting, in the same
     streamed pass (each chunk is read, filtered and projected without being stored).
@@ -565,7 +570,13 @@ def run_project(
         from zchunk.io import min_tile
 
         with min_tile(tile):
-            stack = zchunk.open(source, axes=axes, memory_limit=budget, whole=axis)
+            stack = zchunk.open(
+                source,
+                axes=axes,
+                memory_limit=budget,
+                whole=axis,
+                allow_incomplete=allow_incomplete,
+            )
         if prefilter is not None:
             stack = zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
         results = zchunk.project_many(
@@ -584,7 +595,9 @@ def run_project(
             description=f"{'+'.join(names)} of {stack.name}",
             nbytes=int(stack.data.nbytes),
         ):
-            written = zchunk.save_many(by_name, paths, overwrite=overwrite, compression=compression)
+            written = zchunk.save_many(
+                by_name, paths, overwrite=overwrite, compression=compression, resume=resume
+            )
     wall = time.perf_counter() - t0
     return {
         "command": "project",
@@ -629,8 +642,15 @@ def run_filter(
     scheduler_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    resume: bool = False,
+    allow_incomplete: bool = False,
+    pyramid: int = 0,
 ) -> dict[str, Any]:
     """Open `source`, filter the whole volume chunk by chunk and write it to `out`.
+
+    `resume` continues the partial output of an interrupted run with the same settings;
+    `allow_incomplete` reads an input with missing blocks (as zeros) instead of refusing it;
+    `pyramid` adds that many downsampled levels to an OME-Zarr output.
 
     Returns a JSON-ready summary: input, output, filter, wall time, peak memory.
     """
@@ -651,7 +671,12 @@ def run_filter(
 
         # chunks of at least 4 halos per side: the halo stays a small part of what is read
         with min_tile(4 * halo_pixels(name, **params)):
-            stack = zchunk.open(source, axes=axes, memory_limit=_budget_for_filter(memory_limit))
+            stack = zchunk.open(
+                source,
+                axes=axes,
+                memory_limit=_budget_for_filter(memory_limit),
+                allow_incomplete=allow_incomplete,
+            )
         result = zchunk.filter(stack, name, **params)  # type: ignore[arg-type]
         with compute_context(
             scheduler,
@@ -660,7 +685,10 @@ def run_filter(
             description=f"{name} of {stack.name}",
             nbytes=int(stack.data.nbytes),
         ):
-            written = zchunk.save(result, out, overwrite=overwrite, compression=compression)
+            extra = {"pyramid": pyramid} if pyramid else {}
+            written = zchunk.save(
+                result, out, overwrite=overwrite, compression=compression, resume=resume, **extra
+            )
     wall = time.perf_counter() - t0
     return {
         "command": "filter",
