@@ -59,8 +59,10 @@ def _imagej(tif: Any, series: Any) -> dict[str, Any]:
     if unit is not None:
         sx, sy = _resolution(series.keyframe)
         for letter, value in (("x", sx), ("y", sy), ("z", _float(ij.get("spacing")))):
+            # ImageJ's "unit" is x's, and y's and z's unless "yunit" / "zunit" say otherwise
+            own = normalize_unit(ij.get(f"{letter}unit")) if letter != "x" else None
             if value is not None:
-                scale[letter], units[letter] = value, unit
+                scale[letter], units[letter] = value, own or unit
     interval = _float(ij.get("finterval"))
     if interval is not None:
         scale["t"] = interval

@@ -89,6 +89,9 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
                 units[letter] = unit
     omero = dict(group.attrs).get("omero") or dict(group.attrs).get("ome", {}).get("omero") or {}
     names_c = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
+    if not any(names_c):  # zchunk writes no omero metadata, but keeps the names beside NGFF's
+        ours = dict(group.attrs).get("zchunk") or {}
+        names_c = tuple(str(c) for c in ours.get("channel_names") or ())
     return ZarrInfo(
         array=array,
         axes=axes,

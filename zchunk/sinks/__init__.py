@@ -47,6 +47,7 @@ def save(
     overwrite: bool = False,
     compression: str | None = None,
     resume: bool = False,
+    pyramid: int = 0,
 ) -> Path:
     """Write `stack` to `path` in the format its suffix names.
 
@@ -73,6 +74,9 @@ def save(
         (inputs unchanged, same operation and parameters, dtype, shape, calibration). The
         result is the same, bit for bit, as an uninterrupted run. Without a partial output,
         a normal write.
+    pyramid : int
+        Extra resolution levels of an OME-Zarr output, y and x halved per level with the
+        mean of 2x2 blocks (see :func:`to_ome_zarr`); other formats need 0.
 
     Returns
     -------
@@ -82,7 +86,8 @@ def save(
     Raises
     ------
     OptionError
-        If the suffix is not one of the above, or `compression` is given for a zarr output.
+        If the suffix is not one of the above, `compression` is given for a zarr output, or
+        `pyramid` for an output that is not OME-Zarr.
     OutputExistsError
         If the output exists and `overwrite` is false, or if it would replace an input.
     PartialOutputError
@@ -114,6 +119,12 @@ def save(
             f"use one of {', '.join(SUFFIXES)}"
         )
         raise OptionError(msg)
+    if pyramid and suffix != ".ome.zarr":
+        msg = (
+            f"pyramid={pyramid!r} applies to OME-Zarr outputs only, not {os.fspath(path)!r}: "
+            "name the output *.ome.zarr, or leave pyramid=0"
+        )
+        raise OptionError(msg)
     if suffix.endswith((".tif", ".tiff")):
         ome = suffix.startswith(".ome.")
         return to_tiff(
@@ -126,7 +137,7 @@ def save(
         )
         raise OptionError(msg)
     if suffix == ".ome.zarr":
-        return to_ome_zarr(stack, path, overwrite=overwrite, resume=resume)
+        return to_ome_zarr(stack, path, overwrite=overwrite, resume=resume, pyramid=pyramid)
     return to_zarr(stack, path, overwrite=overwrite, resume=resume)
 
 

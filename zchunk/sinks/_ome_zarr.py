@@ -1,8 +1,9 @@
-"""OME-Zarr output (NGFF 0.5 on zarr v3, or 0.4 on zarr v2 for Fiji), one resolution level.
+"""OME-Zarr output (NGFF 0.5 on zarr v3, or 0.4 on zarr v2 for Fiji), with optional pyramid levels.
 
 The pixels are written exactly as :func:`zchunk.sinks.to_zarr` writes them (every dask block
 computed once into its own shard, or its own set of plane chunks on zarr v2), as the array
-``"0"`` of a group whose multiscales metadata ome-zarr-py writes.
+``"0"`` of a group whose multiscales metadata ome-zarr-py writes; pyramid levels ``"1"``..
+are computed from it (see :mod:`zchunk.sinks._pyramid`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import zarr
 
 from zchunk.errors import OptionError
 from zchunk.sinks._atomic import prepare_output
+from zchunk.sinks._pyramid import level_scales, level_shapes, write_levels
 from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
 from zchunk.sinks._zarr import (
     check_writable,
@@ -78,8 +80,9 @@ def to_ome_zarr(
     overwrite: bool = False,
     ngff_version: Literal["0.5", "0.4"] = "0.5",
     resume: bool = False,
+    pyramid: int = 0,
 ) -> Path:
-    """Write `stack` to an OME-Zarr image with one resolution level, resumably.
+    """Write `stack` to an OME-Zarr image, with `pyramid` extra resolution levels, resumably.
 
     The multiscales metadata (axes with their types and units, a scale transformation) is
     written by ome-zarr-py; the pixels go to the array ``"0"`` block by block, each dask block
@@ -99,6 +102,17 @@ def to_ome_zarr(
     its settings and finished blocks, renamed onto `path` when complete, and continued by
     ``resume=True`` after an interruption.
 
+    With ``pyramid=N``, levels ``"1"`` to ``"N"`` follow level ``"0"``, each with y and x
+    halved (``ceil(n / 2)``; z, t and c are never reduced) by the mean of 2x2 blocks of the
+    level before it: an odd last row or column is averaged with the pixels that exist;
+    integers are rounded to nearest (halves up) and keep their dtype, floats stay floats (see
+    :func:`~zchunk.sinks._pyramid.downsample_mean`). Their scale is the level-0 scale with y
+    and x doubled per level; no translation is written. Fewer levels are written when y or x
+    of a level is already a single pixel. Each level is computed from the previous level as
+    written on disk, block by block, after level 0 is complete; on resume, the levels are
+    computed again from the finished level 0. Everything is inside the partial output, so
+    the image with all its levels appears at once.
+
     Parameters
     ----------
     stack : Stack
@@ -115,6 +129,8 @@ def to_ome_zarr(
     resume : bool
         Continue the partial output of an interrupted run started with the same settings
         (see :func:`to_zarr`).
+    pyramid : int
+        Number of extra resolution levels (0: level ``"0"`` only).
 
     Returns
     -------
@@ -130,7 +146,7 @@ def to_ome_zarr(
     StackFormatError
         If the dtype is not an integer or float type.
     OptionError
-        If `ngff_version` is unknown.
+        If `ngff_version` is unknown or `pyramid` is negative.
 
     Examples
     --------
@@ -141,12 +157,18 @@ def to_ome_zarr(
     >>> ome = zarr.open_group(out, mode="r").attrs["ome"]
     >>> ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     [2.0, 1.0, 0.5]
+    >>> out = to_ome_zarr(s, os.path.join(tempfile.mkdtemp(), "p.ome.zarr"), pyramid=1)
+    >>> zarr.open_group(out, mode="r")["1"].shape
+    (4, 3, 4)
     """
     from ome_zarr.format import FormatV04, FormatV05  # type: ignore[import-untyped]
     from ome_zarr.writer import write_multiscales_metadata  # type: ignore[import-untyped]
 
     if ngff_version not in NGFF_VERSIONS:
         msg = f"ngff_version={ngff_version!r} is not supported: use one of {list(NGFF_VERSIONS)}"
+        raise OptionError(msg)
+    if isinstance(pyramid, bool) or not isinstance(pyramid, int) or pyramid < 0:
+        msg = f"pyramid={pyramid!r} is not a number of levels: use an integer >= 0"
         raise OptionError(msg)
     check_writable(stack)
     zarr_format = NGFF_VERSIONS[ngff_version]
@@ -155,13 +177,18 @@ def to_ome_zarr(
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
     scale = [1.0 if s is None else float(s) for s in stack.scale]
+    shapes = level_shapes(data.shape, pyramid)
+    scales = level_scales(scale, len(shapes))
+    writer: dict[str, object] = {"ngff_version": ngff_version}
+    if len(shapes) > 1:
+        writer["pyramid"] = len(shapes) - 1
     attributes = stack_attributes(stack)
     settings = settings_of(
         stack,
         data,
         format="ome-zarr",
         metadata={"zchunk": attributes, "scale": scale, "units": _axes_units(stack)},
-        writer={"ngff_version": ngff_version},
+        writer=writer,
     )
     with resumable_output(
         final,
@@ -178,7 +205,8 @@ def to_ome_zarr(
             write_multiscales_metadata(
                 group,
                 datasets=[
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": s}]}
+                    for i, s in enumerate(scales)
                 ],
                 fmt=fmt,
                 axes=list(stack.axes),
@@ -197,5 +225,8 @@ def to_ome_zarr(
         else:
             array = open_aligned_array(os.fspath(job.partial), data, name="0")
         store_resumable([(data, array, job)])
+        if len(shapes) > 1:
+            block = tuple(int(c[0]) for c in data.chunks)
+            write_levels(job.partial, shapes, block, axes=stack.axes, zarr_format=zarr_format)
         job.commit(overwrite=overwrite)
     return final

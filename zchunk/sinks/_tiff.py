@@ -199,6 +199,12 @@ def _imagej_metadata(stack: Stack) -> tuple[dict[str, Any], tuple[float, float] 
             metadata[f"{a}unit"] = _imagej_unit(unit)
     if "t" in cal and cal["t"][1] in _SECONDS:
         metadata["finterval"] = cal["t"][0] * _SECONDS[str(cal["t"][1])]
+    names = stack.attrs.get("channel_names")
+    if "c" in stack.axes and names is not None and len(names) == stack.sizes["c"]:
+        # ImageJ keeps one label per plane (channels vary fastest): the channel's name
+        c = stack.axes.index("c")
+        planes = stack.shape[: stack.axes.index("y")]
+        metadata["Labels"] = [str(names[i[c]]) for i in np.ndindex(*planes)]
     return metadata, resolution
 
 
