@@ -248,3 +248,19 @@ def test_preview_command(zstack, tmp_path, capsys):
     img = np.asarray(Image.open(png))
     assert img.shape[1] >= 3 * 36  # the projection and two planes side by side
     assert main(["preview", str(mip), "-o", str(png)]) == 2  # exists, no --overwrite
+
+
+def test_scale_for_uncalibrated_folder(tmp_path, capsys):
+    from zchunk.testing import write_tiff_sequence
+
+    write_tiff_sequence(str(tmp_path / "seq"), (4, 20, 24), "uint16")
+    assert main(["info", str(tmp_path / "seq"), "--json", "--scale", "2,0.5,0.5"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["scale"] == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert d["units"]["x"] == "micrometer"
+    out = tmp_path / "m.tif"
+    assert main(["project", str(tmp_path / "seq"), "-o", str(out), "--scale", "2,0.5,0.5"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)
+    assert main(["info", str(tmp_path / "seq"), "--scale", "a,b"]) == 2
+    assert "--scale" in capsys.readouterr().err

@@ -27,6 +27,11 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         default=None,
         help="memory budget for all workers, e.g. 2GiB (default: 1 GiB or RAM/4)",
     )
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="pixel sizes in um for inputs without calibration: z,y,x (e.g. 1,0.2,0.2)",
+    )
 
 
 def _scheduler(value: str) -> str:
@@ -77,6 +82,12 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _scale(args: argparse.Namespace) -> dict[str, float] | None:
+    from zchunk.io import parse_scale
+
+    return parse_scale(args.scale) if args.scale else None
+
+
 def _add_write(p: argparse.ArgumentParser) -> None:
     """Options of commands that write outputs."""
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -102,6 +113,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         axes=args.axes,
         memory_limit=args.memory_limit,
         allow_incomplete=args.allow_incomplete,
+        scale=_scale(args),
     )
     d = zchunk.info(stack)
     print(json.dumps(d, indent=1, default=str) if args.json else format_info(d))
@@ -147,6 +159,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
         prefilter=prefilter,
         resume=args.resume,
         allow_incomplete=args.allow_incomplete,
+        scale=_scale(args),
     )
     _print_summary(args, summary)
     return 0
@@ -186,6 +199,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         resume=args.resume,
         allow_incomplete=args.allow_incomplete,
         pyramid=args.pyramid,
+        scale=_scale(args),
     )
     _print_summary(args, summary)
     return 0

@@ -535,6 +535,7 @@ def run_project(
     prefilter: tuple[str, dict[str, Any]] | None = None,
     resume: bool = False,
     allow_incomplete: bool = False,
+    scale: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Open `source`, project it with every method in one read, and write the results.
 
@@ -576,6 +577,7 @@ def run_project(
                 memory_limit=budget,
                 whole=axis,
                 allow_incomplete=allow_incomplete,
+                scale=scale,
             )
         if prefilter is not None:
             stack = zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
@@ -645,6 +647,7 @@ def run_filter(
     resume: bool = False,
     allow_incomplete: bool = False,
     pyramid: int = 0,
+    scale: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Open `source`, filter the whole volume chunk by chunk and write it to `out`.
 
@@ -676,6 +679,7 @@ def run_filter(
                 axes=axes,
                 memory_limit=_budget_for_filter(memory_limit),
                 allow_incomplete=allow_incomplete,
+                scale=scale,
             )
         result = zchunk.filter(stack, name, **params)  # type: ignore[arg-type]
         with compute_context(

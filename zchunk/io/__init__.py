@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from zchunk._types import MemoryLike, SourceLike
 
-__all__ = ["default_workers", "min_tile", "natural_key", "open", "plan_for"]
+__all__ = ["default_workers", "min_tile", "natural_key", "open", "parse_scale", "plan_for"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
@@ -292,6 +292,7 @@ def open(
     memory_limit: MemoryLike = None,
     whole: str = "z",
     allow_incomplete: bool = False,
+    scale: dict[str, float] | None = None,
 ) -> Stack:
     """Open an image stack lazily, chunked with the whole z axis in every chunk.
 
@@ -310,6 +311,10 @@ def open(
     whole : str
         Axes held whole in every chunk: ``"z"`` (default) for z-projections and filters, ``"t"``
         for projections over time.
+    scale : dict of str to float, optional
+        Pixel sizes in micrometers (seconds for ``"t"``) by axis letter, e.g.
+        ``{"z": 1.0, "y": 0.2, "x": 0.2}``, for inputs without calibration (a folder of plain
+        TIFFs); they replace what the metadata says for those axes.
     allow_incomplete : bool
         Read incomplete data anyway: the partial output of an interrupted zchunk run
         (``.<name>.zchunk-partial``), or a zarr array with missing chunks (written sparsely on
@@ -361,8 +366,57 @@ def open(
                 msg = f"{bad[0]} is a zarr store: open it on its own"
                 raise StackFormatError(msg)
             stack = _open_tiff(kind, paths, axes, memory_limit, whole)
+    if scale:
+        stack = _calibrate(stack, scale)
     # how to read the same source with another axis held whole (projections along t)
     reopen = functools.partial(
-        open, source, axes=axes, memory_limit=memory_limit, allow_incomplete=allow_incomplete
+        open,
+        source,
+        axes=axes,
+        memory_limit=memory_limit,
+        allow_incomplete=allow_incomplete,
+        scale=scale,
     )
     return stack.replace(attrs={**stack.attrs, "reopen": reopen, "read_name": stack.data.name})
+
+
+def _calibrate(stack: Stack, scale: dict[str, float]) -> Stack:
+    """Set the pixel size of the axes named in `scale` (micrometers; seconds for t)."""
+    unknown = set(scale) - set(stack.axes)
+    if unknown:
+        msg = f"scale names axes {sorted(unknown)} that the stack (axes {stack.axes!r}) lacks"
+        raise StackFormatError(msg)
+    sizes = list(stack.scale)
+    units = list(stack.units)
+    for letter, value in scale.items():
+        i = stack.axis(letter)
+        sizes[i] = float(value)
+        units[i] = "second" if letter == "t" else "micrometer"
+    return stack.replace(scale=tuple(sizes), units=tuple(units))
+
+
+def parse_scale(text: str, axes: str = "zyx") -> dict[str, float]:
+    """Parse ``"1,0.2,0.2"`` (z,y,x) or ``"y=0.2,x=0.2"`` into pixel sizes by axis.
+
+    Examples
+    --------
+    >>> parse_scale("1,0.2,0.2"), parse_scale("x=0.1,y=0.1")
+    ({'z': 1.0, 'y': 0.2, 'x': 0.2}, {'x': 0.1, 'y': 0.1})
+    """
+    from zchunk.errors import OptionError
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if all("=" in p for p in parts):
+            out = {k.strip().lower(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+        else:
+            if len(parts) > len(axes):
+                raise ValueError
+            out = dict(zip(axes[-len(parts) :], map(float, parts), strict=True))
+    except ValueError:
+        msg = f"--scale {text!r}: give z,y,x pixel sizes like 1,0.2,0.2 or x=0.2,y=0.2"
+        raise OptionError(msg) from None
+    if not out or any(not v > 0 for v in out.values()):
+        msg = f"--scale {text!r}: pixel sizes must be positive numbers"
+        raise OptionError(msg)
+    return out
