@@ -615,7 +615,8 @@ def run_project(
         "wall_s": round(wall, 3),
         "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "bytes_read": _tiff.READ_STATS.bytes_read,
+        # counted in this process: unknown when workers in other processes read
+        "bytes_read": _tiff.READ_STATS.bytes_read if client is None else None,
         "workers": workers,
         "scheduler": used,
     }
@@ -706,7 +707,8 @@ def run_filter(
         "wall_s": round(wall, 3),
         "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "bytes_read": _tiff.READ_STATS.bytes_read,
+        # counted in this process: unknown when workers in other processes read
+        "bytes_read": _tiff.READ_STATS.bytes_read if client is None else None,
         "workers": workers,
         "scheduler": used,
     }
