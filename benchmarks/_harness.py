@@ -121,7 +121,9 @@ def run_child(
         out.seek(0)
         lines = [line for line in out.read().splitlines() if line.startswith("{")]
     result: dict[str, Any] = json.loads(lines[-1])
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB on Linux
+    # The child's own high-water mark (VmHWM), as the child read it from the OS at exit.
+    # wait4's ru_maxrss would be at least the parent's size when it forked the child.
+    result["peak_rss_mb"] = result.pop("vmhwm_mb", round(usage.ru_maxrss / 1024, 1))
     return result
 
 
@@ -130,9 +132,20 @@ def child_main(cases: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> 
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
         params = json.loads(sys.argv[3])
         result = cases[sys.argv[2]](params)
+        result.setdefault("vmhwm_mb", vmhwm_mb())
         print(json.dumps(result), flush=True)
         return True
     return False
+
+
+def vmhwm_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MiB, as Linux counts it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    msg = "no VmHWM in /proc/self/status"
+    raise RuntimeError(msg)
 
 
 def timed(func: Callable[[], Any]) -> tuple[float, Any]:

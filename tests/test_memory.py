@@ -13,15 +13,24 @@ BUDGET_MB = 64
 SLACK_MB = 96  # allocator and thread-pool noise above the budget
 
 
+_REPORT = """
+with open("/proc/self/status") as f:
+    print([line.split()[1] for line in f if line.startswith("VmHWM:")][0])
+"""
+
+
 def _peak_rss_mb(code: str) -> float:
-    """Run `code` in a fresh interpreter; return its peak RSS (MiB) as the OS measured it."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.stderr.close()
-    assert proc.returncode == 0, err
-    return usage.ru_maxrss / 1024
+    """Run `code` in a fresh interpreter; return its peak RSS (MiB) as the OS measured it.
+
+    The child reads its own high-water mark (VmHWM) at the end: wait4's ru_maxrss would
+    include the size of this (large) pytest process at fork time.
+    """
+    script = textwrap.dedent(code) + _REPORT
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.split()[-1]) / 1024
 
 
 @pytest.fixture(scope="module")

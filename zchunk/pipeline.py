@@ -1,28 +1,27 @@
-"""Run lazy results: the scheduler, the progress bar, and the open -> ops -> sink jobs.
+"""The open -> ops -> sink jobs behind the CLI: project and filter, with a run summary.
 
-Library code never sets global dask configuration; the CLI and scripts choose the scheduler
-here, inside ``with`` blocks.
+Schedulers, clusters and the progress bar live in :mod:`zchunk.scheduler` (re-exported here).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import os
-import re
-import sys
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask
-from dask.callbacks import Callback
+from zchunk.scheduler import (
+    SCHEDULERS,
+    WORKER_OVERHEAD,
+    ProgressBar,
+    compute_context,
+    is_scheduler_address,
+    progress_enabled,
+    scheduler_label,
+    worker_memory_limit,
+)
 
 if TYPE_CHECKING:
-    import concurrent.futures
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from distributed import Client
 
@@ -42,435 +41,20 @@ __all__ = [
     "worker_memory_limit",
 ]
 
-SCHEDULERS = ("threads", "processes", "synchronous")
-
-#: Memory a worker process of ``scheduler="processes"`` gets on top of its share of the
-#: budget: the interpreter, imports and compiled kernels (about 210 MiB measured), plus
-#: headroom so that a worker within its share stays below the nanny's pause (80 %) and
-#: terminate (95 %) thresholds.
-WORKER_OVERHEAD = 512 * 2**20
-
-#: Longest wait, in seconds, for the scheduler's last progress report after a computation.
-_PROGRESS_TIMEOUT = 10.0
-
-_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|[\w.-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+)$")
-
-
-def progress_enabled(flag: bool | None) -> bool:
-    """``--progress``/``--no-progress`` if given, else on when stderr is a terminal."""
-    return sys.stderr.isatty() if flag is None else flag
-
-
-def is_scheduler_address(scheduler: str) -> bool:
-    """Whether `scheduler` is the address of a dask.distributed scheduler, not a local name.
-
-    Examples
-    --------
-    >>> is_scheduler_address("tcp://10.0.0.5:8786"), is_scheduler_address("node7:8786")
-    (True, True)
-    >>> is_scheduler_address("threads"), is_scheduler_address("proceses")
-    (False, False)
-    """
-    return bool(_ADDRESS.match(scheduler))
-
-
-class ProgressBar(Callback):
-    """A rich progress bar on stderr over dask tasks: tasks done / total, MB/s, time left.
-
-    Entered as a context manager it follows dask's local schedulers (it is a dask
-    ``Callback``). Under a ``distributed.Client``, :func:`compute_context` feeds it with
-    :meth:`update` from the scheduler's task counts instead.
-
-    Parameters
-    ----------
-    description : str
-        Label of the bar.
-    nbytes : int
-        Bytes of input the computation reads, for the MB/s column (0: no rate).
-    """
-
-    def __init__(self, description: str, *, nbytes: int = 0) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._nbytes = nbytes
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(description, total=None, rate="")
-        self._started = 0.0
-        self._running = False
-
-    def begin(self, total: int, done: int = 0) -> None:
-        """Start showing a computation of `total` tasks, `done` of them already finished."""
-        self._started = time.perf_counter()
-        self._progress.update(self._task, total=total, completed=done)
-        if not self._running:
-            self._progress.start()
-            self._running = True
-
-    def update(self, done: int, total: int | None = None) -> None:
-        """Show `done` tasks finished (of `total`, if it changed)."""
-        if total is not None:
-            self._progress.update(self._task, total=total)
-        total = int(self._progress.tasks[0].total or 1)
-        rate = ""
-        elapsed = time.perf_counter() - self._started
-        if self._nbytes and elapsed > 0:
-            rate = f"{self._nbytes * done / total / elapsed / 1e6:.0f} MB/s"
-        self._progress.update(self._task, completed=done, rate=rate)
-
-    def end(self) -> None:
-        """Stop the bar, leaving its last state on stderr."""
-        if self._running:
-            self._progress.stop()
-            self._running = False
-
-    def _start_state(self, dsk: Any, state: Any) -> None:
-        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self.begin(total, len(state["finished"]))
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        self.update(len(state["finished"]))
-
-    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        self.end()
-
-
-@functools.cache
-def _scheduler_watcher() -> type[Any]:
-    """Return the class that relays a scheduler's task counts to a :class:`ProgressBar`.
-
-    It is distributed's own progress machinery (the one behind ``distributed.progress``): a
-    temporary plugin on the scheduler counts the tasks that the given futures depend on and
-    reports the number left every 100 ms over a separate connection.
-    """
-    from distributed.diagnostics.progressbar import ProgressBar as DistributedProgressBar
-
-    class Watcher(DistributedProgressBar):
-        def __init__(self, futures: list[Any], address: str, bar: ProgressBar) -> None:
-            super().__init__(  # type: ignore[no-untyped-call]
-                futures, scheduler=address, interval="100ms", complete=True
-            )
-            self.bar = bar
-            self.begun = False
-
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
-            if not self.begun:
-                self.bar.begin(all, all - remaining)
-                self.begun = True
-            else:
-                self.bar.update(all - remaining, all)
-
-    return Watcher
-
-
-class _ClientScheduler:
-    """A dask ``get`` function: run graphs on a distributed Client, with a progress bar.
-
-    Set as ``dask.config`` ``scheduler`` inside :func:`compute_context`, so that every
-    computation of the block (``da.store(..., compute=True)`` in the writers included) runs
-    on the cluster without making the client the process-wide default.
-    """
-
-    def __init__(self, client: Client, bar: ProgressBar | None) -> None:
-        self.client = client
-        self.bar = bar
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        # distributed hands the whole dask config to the processes it spawns (a nanny
-        # restarting a killed worker of a LocalCluster started here): they get no scheduler,
-        # as distributed does for its default client, instead of failing to pickle the client
-        return type(None), ()
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        if self.bar is None:
-            return self.client.get(dsk, keys, **kwargs)
-        from distributed import futures_of
-
-        packed = self.client.get(dsk, keys, sync=False, **kwargs)
-        futures = futures_of(packed)
-        watcher = _scheduler_watcher()(futures, _address(self.client), self.bar)
-        loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
-        listening = asyncio.run_coroutine_threadsafe(watcher.listen(), loop)
-        try:
-            result = self.client.gather(packed)
-        except BaseException:  # an error or Ctrl-C: no last report to wait for
-            _stop_watching(listening, watcher, loop)
-            raise
-        # the futures stay referenced until the scheduler's last report (or a timeout): the
-        # watcher waits for their keys to exist on the scheduler
-        with contextlib.suppress(Exception):
-            listening.result(timeout=_PROGRESS_TIMEOUT)
-        _stop_watching(listening, watcher, loop)
-        return result
-
-
-def _stop_watching(
-    listening: concurrent.futures.Future[Any], watcher: Any, loop: asyncio.AbstractEventLoop
-) -> None:
-    """Stop a scheduler watcher that is still listening and close its connection."""
-    if listening.done():
-        return
-    listening.cancel()
-    comm = getattr(watcher, "comm", None)
-    if comm is not None:
-        loop.call_soon_threadsafe(comm.abort)
-
-
-def _address(client: Client) -> str:
-    """Return the address of the scheduler that `client` is connected to."""
-    if client.scheduler is None:
-        msg = f"the dask client {client!r} is not connected to a scheduler"
-        raise ValueError(msg)
-    return str(client.scheduler.address)
-
-
-def _active_client() -> Client | None:
-    """Return the distributed Client this process made current or default, if any."""
-    if "distributed" not in sys.modules:  # no client can exist without it
-        return None
-    from distributed import Client
-
-    try:
-        client = Client.current(allow_global=True)
-    except ValueError:
-        return None
-    return client if client.status == "running" else None
-
-
-def _check_scheduler(
-    scheduler: str | Client | None, scheduler_file: str | os.PathLike[str] | None
-) -> None:
-    if scheduler is not None and scheduler_file is not None:
-        msg = (
-            f"scheduler={scheduler!r} and scheduler_file={os.fspath(scheduler_file)!r} both "
-            "name a scheduler: give one of them"
-        )
-        raise ValueError(msg)
-    if isinstance(scheduler, str) and not (
-        scheduler in SCHEDULERS or is_scheduler_address(scheduler)
-    ):
-        msg = (
-            f"scheduler={scheduler!r} is not one of {', '.join(SCHEDULERS)} nor a "
-            "dask.distributed scheduler address such as tcp://10.0.0.5:8786"
-        )
-        raise ValueError(msg)
-    if scheduler_file is not None and not os.path.isfile(scheduler_file):
-        msg = (
-            f"scheduler_file={os.fspath(scheduler_file)!r} does not exist: start the scheduler "
-            "with `dask scheduler --scheduler-file FILE` on a file system this machine sees"
-        )
-        raise ValueError(msg)
-
-
-def worker_memory_limit(memory_limit: int | str | None, workers: int) -> int:
-    """Memory limit of each of `workers` local worker processes sharing the budget.
-
-    Each worker gets an equal share of the budget (``memory_limit``, default: the smaller of
-    1 GiB and a quarter of the RAM) plus :data:`WORKER_OVERHEAD` for the interpreter itself.
-
-    Examples
-    --------
-    >>> worker_memory_limit("2GiB", 4) // 2**20
-    1024
-    """
-    from zchunk.chunking import default_memory_limit, parse_memory
-
-    budget = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
-    return budget // workers + WORKER_OVERHEAD
-
-
-def _connect(
-    stack: contextlib.ExitStack,
-    scheduler: str | None,
-    scheduler_file: str | os.PathLike[str] | None,
-    workers: int | None,
-    memory_limit: int | str | None,
-) -> Client:
-    """Start or join the cluster that `scheduler` names; closed when `stack` closes."""
-    from distributed import Client, LocalCluster
-
-    if scheduler == "processes":
-        n = workers or max(1, len(os.sched_getaffinity(0)))
-        cluster = stack.enter_context(
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=worker_memory_limit(memory_limit, n),
-                host="127.0.0.1",
-                dashboard_address=None,  # no dashboard; its HTTP server on any free port:
-                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # 8787 may be taken
-            )
-        )
-        local: Client = stack.enter_context(Client(cluster, set_as_default=False))
-        return local
-    where = f"the scheduler file {os.fspath(scheduler_file)!r}" if scheduler_file else scheduler
-    try:
-        if scheduler_file is not None:
-            client = Client(scheduler_file=os.fspath(scheduler_file), set_as_default=False)
-        else:
-            client = Client(scheduler, set_as_default=False)
-    except OSError as exc:  # refused, timed out, unknown host
-        msg = (
-            f"cannot connect to the dask scheduler at {where}: {exc}. Check that "
-            "`dask scheduler` runs there and that this machine can reach it"
-        )
-        raise ValueError(msg) from exc
-    connected: Client = stack.enter_context(client)
-    return connected
-
-
-@dataclass(frozen=True, slots=True)
-class _Session:
-    """The scheduler of the innermost :func:`compute_context`, for nested contexts to reuse."""
-
-    spec: tuple[Any, ...]
-    client: Client | None
-
-
-_SESSION: ContextVar[_Session | None] = ContextVar("zchunk_compute_session", default=None)
-
-
-@contextlib.contextmanager
-def compute_context(
-    scheduler: str | Client | None = None,
-    *,
-    scheduler_file: str | os.PathLike[str] | None = None,
-    workers: int | None = None,
-    memory_limit: int | str | None = None,
-    progress: bool = False,
-    description: str = "computing",
-    nbytes: int = 0,
-) -> Iterator[Client | None]:
-    """Compute everything inside on `scheduler`, optionally showing a progress bar.
-
-    Only the ``with`` block is affected: the scheduler is set with ``dask.config.set`` and a
-    client zchunk connects (or a local cluster it starts) is closed at the end. A nested
-    context naming the same scheduler (or none) reuses the outer one's client.
-
-    Parameters
-    ----------
-    scheduler : str or distributed.Client, optional
-        ``"threads"`` (dask's threaded scheduler), ``"synchronous"`` (one thread, for
-        debugging), ``"processes"`` (a ``distributed.LocalCluster`` of `workers` processes
-        with one thread each and ``memory_limit`` shared between them), the address of a
-        running dask.distributed scheduler (``"tcp://10.0.0.5:8786"``), or a Client. None
-        (default): the scheduler of an enclosing ``compute_context``, else the distributed
-        Client active in this process (``with Client(...)``, or the last one created), else
-        the scheduler set in ``dask.config``, else ``"threads"``.
-    scheduler_file : str or os.PathLike, optional
-        Connect to the scheduler described in this file (``dask scheduler --scheduler-file``);
-        excludes `scheduler`.
-    workers : int, optional
-        Worker threads (``"threads"``) or processes (``"processes"``); default one per core.
-        A remote cluster has the workers it has.
-    memory_limit : int or str, optional
-        Memory budget for all workers together (``"2GiB"``); with ``"processes"`` each
-        worker's limit is its share plus :data:`WORKER_OVERHEAD`.
-    progress : bool
-        Show a rich progress bar on stderr (tasks done / total), also under a Client.
-    description, nbytes :
-        Label of the bar and the input bytes, for the MB/s column.
-
-    Yields
-    ------
-    distributed.Client or None
-        The client the computations run on, None for local schedulers.
-
-    Raises
-    ------
-    ValueError
-        If `scheduler` is unknown, both `scheduler` and `scheduler_file` are given, the file
-        does not exist, `workers` is below 1, or the scheduler cannot be reached.
-
-    Examples
-    --------
-    >>> with compute_context("synchronous"):
-    ...     int(da.ones(10, chunks=5).sum().compute())
-    10
-    """
-    _check_scheduler(scheduler, scheduler_file)
-    if workers is not None and workers < 1:
-        msg = f"workers={workers} must be at least 1"
-        raise ValueError(msg)
-    spec = (
-        scheduler if isinstance(scheduler, str | None) else id(scheduler),
-        None if scheduler_file is None else os.fspath(scheduler_file),
-        workers,
-        memory_limit,
-    )
-    outer = _SESSION.get()
-    configured = dask.config.get("scheduler", None)
-    with contextlib.ExitStack() as stack:
-        client: Client | None = None
-        local: str | None = None  # a local scheduler to set; None leaves dask's setting as is
-        if not isinstance(scheduler, str | None):
-            client = scheduler  # the caller's Client: used, not closed
-        elif outer is not None and (spec == outer.spec or spec[:2] == (None, None)):
-            client = outer.client  # nested: the enclosing context's scheduler
-        elif scheduler_file is not None or (
-            scheduler is not None and scheduler not in ("threads", "synchronous")
-        ):
-            client = _connect(stack, scheduler, scheduler_file, workers, memory_limit)
-        elif scheduler is not None:
-            local = scheduler
-        elif isinstance(configured, _ClientScheduler):
-            client = configured.client  # a compute_context entered in another thread
-        else:
-            client = _active_client()
-            if client is None and not configured:
-                local = "threads"
-        token = _SESSION.set(_Session(spec, client))
-        stack.callback(_SESSION.reset, token)
-        config: dict[str, Any]
-        if client is None:
-            config = {} if local is None else {"scheduler": local}
-            if workers is not None:
-                config["num_workers"] = workers
-            stack.enter_context(dask.config.set(config))
-            if progress:
-                stack.enter_context(ProgressBar(description, nbytes=nbytes))
-        else:
-            bar = ProgressBar(description, nbytes=nbytes) if progress else None
-            if bar is not None:
-                stack.callback(bar.end)
-            config = {"scheduler": _ClientScheduler(client, bar)}
-            threads = sum(client.nthreads().values())
-            if threads:  # the planner sizes chunks for this many tasks at once
-                config["num_workers"] = threads
-            stack.enter_context(dask.config.set(config))
-        yield client
-
-
-def _scheduler_label(scheduler: str | Client | None, client: Client | None) -> str:
-    """Name the scheduler in a run summary: a local name or the scheduler's address."""
-    if isinstance(scheduler, str):
-        return scheduler
-    if client is not None:
-        return _address(client)
-    configured = dask.config.get("scheduler", None)
-    return configured if isinstance(configured, str) else "threads"
-
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, from the OS (MiB)."""
+    """Peak resident memory of this process so far, from the OS (MiB).
+
+    Linux's ``VmHWM`` (the high-water mark of this address space): unlike ``ru_maxrss``, it
+    does not inherit the resident size the parent had when it forked this process.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux: getrusage, which is per process elsewhere
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -560,7 +144,7 @@ def run_project(
         "scheduler_file": scheduler_file,
     }
     with compute_context(scheduler, **run) as client:
-        used = _scheduler_label(scheduler, client)
+        used = scheduler_label(scheduler, client)
         budget = memory_limit
         tile = 1
         if prefilter is not None:  # filtered chunks need more room and halos: plan for them
@@ -669,7 +253,7 @@ def run_filter(
         "scheduler_file": scheduler_file,
     }
     with compute_context(scheduler, **run) as client:
-        used = _scheduler_label(scheduler, client)
+        used = scheduler_label(scheduler, client)
         from zchunk.io import min_tile
         from zchunk.ops.filters import halo_pixels
 
