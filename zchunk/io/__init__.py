@@ -218,6 +218,7 @@ def _open_tiff(
             "plan": _plan_info(plan),
             "channel_names": info.channel_names,
             "tiff_metadata": info.metadata,
+            "read_region": _tiff.RegionReader(layout, shape[:-2]),
         },
     )
 
@@ -261,6 +262,7 @@ def _open_zarr(
             "layout": info.layout,
             "plan": _plan_info(plan),
             "channel_names": info.channel_names,
+            "read_region": checked,  # checked[slices] reads a region, halo included
         },
     )
 

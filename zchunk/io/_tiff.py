@@ -761,3 +761,19 @@ def block_reader(
         return layout.block_spec(np.asarray(planes, dtype=np.int64), slices[-2], slices[-1], shape)
 
     return make_spec
+
+
+@dataclass(frozen=True, slots=True)
+class RegionReader:
+    """Read any region of a TIFF stack in one task (picklable: the layout, no open file).
+
+    Filters use it to read a chunk together with its halo in the task that filters it, so no
+    task holds a neighbour's block waiting for the halo exchange.
+    """
+
+    layout: TiffLayout
+    lead_shape: tuple[int, ...]
+
+    def __getitem__(self, slices: tuple[slice, ...]) -> np.ndarray:
+        """Return the pixels of `slices` (one slice per axis, steps of 1)."""
+        return read_block(block_reader(self.layout, self.lead_shape)(slices))

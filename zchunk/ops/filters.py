@@ -366,6 +366,81 @@ def _whole_z(stack: Stack, name: str) -> Stack:
 # public API -----------------------------------------------------------------------------------
 
 
+def _filter_overlap(
+    data: da.Array, spec: _Spec, axes: tuple[int, ...], dtype: np.dtype[Any], name: str
+) -> da.Array:
+    """Filter an arbitrary dask array: halos exchanged with dask's map_overlap.
+
+    Halos only along split axes; chunks shallower than their halo are merged first.
+    """
+    chunks = list(data.chunks)
+    depth: dict[int, int] = {}
+    for i in axes:
+        radius = _radius(spec, i)
+        if radius and len(chunks[i]) > 1 and min(chunks[i]) < radius:
+            chunks[i] = _merge_chunks(chunks[i], radius)
+        depth[i] = radius if len(chunks[i]) > 1 else 0
+    if tuple(chunks) != data.chunks:
+        data = data.rechunk(tuple(chunks))
+    filtered: da.Array = da.map_overlap(
+        functools.partial(_filter_block, spec=spec),
+        data,
+        depth=depth,
+        boundary="none",
+        trim=True,
+        allow_rechunk=False,
+        dtype=dtype,
+        meta=np.empty((0,) * data.ndim, dtype=dtype),
+        token=f"zchunk-{name}",
+    )
+    return filtered
+
+
+def _filter_region(
+    reader: Any, region: tuple[slice, ...], trim: tuple[slice, ...], spec: _Spec
+) -> np.ndarray:
+    """Read `region` (a chunk and its halo), filter it, and keep the chunk."""
+    out: np.ndarray = _filter_block(np.asarray(reader[region]), spec=spec)[trim]
+    return np.ascontiguousarray(out)
+
+
+def _filter_regions(
+    reader: Any,
+    data: da.Array,
+    spec: _Spec,
+    axes: tuple[int, ...],
+    dtype: np.dtype[Any],
+    name: str,
+) -> da.Array:
+    """Filter a stack straight from its file: one task reads a chunk plus halo and filters it.
+
+    Every task depends on nothing: no read task runs ahead of the filters holding blocks for
+    neighbours (dask's threaded scheduler reads eagerly), so memory stays at one halo'd chunk
+    per worker. The halo stops at the image edge, where scipy's `mode` applies, exactly as on
+    the whole array.
+    """
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from zchunk.io._blocks import block_slices
+
+    shape = data.shape
+    radius = {i: _radius(spec, i) for i in axes}
+    key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
+    dsk: dict[tuple[Any, ...], Any] = {}
+    for index, slices in block_slices(data.chunks):
+        region = tuple(
+            slice(max(0, s.start - radius.get(i, 0)), min(shape[i], s.stop + radius.get(i, 0)))
+            for i, s in enumerate(slices)
+        )
+        trim = tuple(
+            slice(s.start - r.start, s.stop - r.start) for s, r in zip(slices, region, strict=True)
+        )
+        dsk[(key, *index)] = (_filter_region, reader, region, trim, spec)
+    graph = HighLevelGraph.from_collections(key, dsk, dependencies=())  # type: ignore[arg-type]
+    return da.Array(graph, key, data.chunks, dtype=dtype)
+
+
 def filter(
     stack: Stack,
     /,
@@ -480,29 +555,13 @@ def filter(
         out=out_dtype,
     )
 
-    # halos only along split axes; merge chunks shallower than their halo
-    data = stack.data
-    chunks = list(data.chunks)
-    depth: dict[int, int] = {}
-    for i in axes:
-        radius = _radius(spec, i)
-        if radius and len(chunks[i]) > 1 and min(chunks[i]) < radius:
-            chunks[i] = _merge_chunks(chunks[i], radius)
-        depth[i] = radius if len(chunks[i]) > 1 else 0
-    if tuple(chunks) != data.chunks:
-        data = data.rechunk(tuple(chunks))
     result_dtype = out_dtype if out_dtype is not None else work
-    filtered: da.Array = da.map_overlap(
-        functools.partial(_filter_block, spec=spec),
-        data,
-        depth=depth,
-        boundary="none",
-        trim=True,
-        allow_rechunk=False,
-        dtype=result_dtype,
-        meta=np.empty((0,) * ndim, dtype=result_dtype),
-        token=f"zchunk-{name}",
-    )
+    reader = stack.attrs.get("read_region")
+    if reader is not None and stack.attrs.get("read_name") == stack.data.name:
+        # straight from the file: each task reads its chunk with the halo and filters it
+        filtered = _filter_regions(reader, stack.data, spec, axes, result_dtype, name)
+    else:
+        filtered = _filter_overlap(stack.data, spec, axes, result_dtype, name)
 
     described: dict[str, Any] = {"name": name}
     if sigmas:
