@@ -15,7 +15,7 @@ def _blocks(language):
     text = README.read_text()
     start = text.index("## Five minutes")
     section = text[start : text.index("\n## ", start + 1)]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
 @pytest.fixture
