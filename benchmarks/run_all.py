@@ -92,8 +92,9 @@ def main() -> int:
         "",
         (
             "Every figure is a median of repeated runs in child processes; peak RSS is the "
-            "OS's (`os.wait4`). Ratios are measured in the same run. The raw JSON lines are in "
-            "`benchmarks/_data/results-*.jsonl` on the machine that ran them."
+            "child's own high-water mark from the OS (VmHWM). Ratios are measured in the same "
+            "run. The raw JSON lines are in `benchmarks/_data/results-*.jsonl` on the machine "
+            "that ran them."
         ),
         "",
     ]
