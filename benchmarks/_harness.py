@@ -34,6 +34,23 @@ def data_dir() -> Path:
     return path
 
 
+def uncompressed_stack(shape: tuple[int, ...]) -> Path:
+    """The generated uint16 stack (seed 1, one uncompressed TIFF) the benchmarks share.
+
+    bench_read.py's "uncompressed" layout is the same file; it is written once, before any
+    clock starts, and reused while it exists.
+    """
+    from zchunk.sample import write_tiff_stack
+
+    tag = "x".join(map(str, shape))
+    path = data_dir() / f"read-uncompressed-{tag}.tif"
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        write_tiff_stack(str(tmp), shape, "uint16", seed=1)
+        os.replace(tmp, path)
+    return path
+
+
 def versions() -> dict[str, str]:
     import dask
     import numba

@@ -31,16 +31,7 @@ import _harness as h
 SIGMA = 2.0
 
 
-def make_input(shape: tuple[int, ...]) -> Path:
-    from zchunk.sample import write_tiff_stack
-
-    tag = "x".join(map(str, shape))
-    path = h.data_dir() / f"read-uncompressed-{tag}.tif"
-    if not path.exists():
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        write_tiff_stack(str(tmp), shape, "uint16", seed=1)
-        os.replace(tmp, path)
-    return path
+make_input = h.uncompressed_stack
 
 
 def _check(src: str, read_block, seed: int) -> None:

@@ -46,18 +46,7 @@ TARGETS = {"vs_numpy": 30.0, "vs_daskimage": 8.0, "median_vs_max": 0.5}
 PEERS = ("numpy", "daskimage")
 
 
-def make_input(shape: tuple[int, ...]) -> Path:
-    """The stack of bench_read.py's "uncompressed" layout: reused when it exists."""
-    from zchunk.sample import write_tiff_stack
-
-    tag = "x".join(map(str, shape))
-    path = h.data_dir() / f"read-uncompressed-{tag}.tif"
-    if path.exists():
-        return path
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    write_tiff_stack(str(tmp), shape, "uint16", seed=1)
-    os.replace(tmp, path)
-    return path
+make_input = h.uncompressed_stack
 
 
 def _digest(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:

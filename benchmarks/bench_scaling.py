@@ -40,18 +40,7 @@ SCHEDULERS = ("threads", "processes")
 METHODS = ("max", "median")
 
 
-def make_input(shape: tuple[int, ...]) -> Path:
-    """The stack of bench_read.py's "uncompressed" layout: reused when it exists."""
-    from zchunk.sample import write_tiff_stack
-
-    tag = "x".join(map(str, shape))
-    path = h.data_dir() / f"read-uncompressed-{tag}.tif"
-    if path.exists():
-        return path
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    write_tiff_stack(str(tmp), shape, "uint16", seed=1)
-    os.replace(tmp, path)
-    return path
+make_input = h.uncompressed_stack
 
 
 def _digest(paths: dict[str, str]) -> dict[str, int]:
