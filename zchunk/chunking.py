@@ -209,7 +209,8 @@ def plan_chunks(
         # enough bands for the budget; at least one per worker while bands stay >= min_rows
         for_workers = min(workers, math.ceil(height / y_align), max(1, height // min_rows))
         nbands = max(math.ceil(height / max(band_cap, 1)), for_workers)
-        band = min(height, _round_up(math.ceil(height / max(nbands, 1)), y_align))
+        balanced = _round_up(math.ceil(height / max(nbands, 1)), y_align)
+        band = min(height, max(balanced, min_rows))  # min_rows <= band_cap here
         cols = width
         fits = True
     else:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
+    from zchunk.stack import Stack
+
 __all__ = [
     "FORMATS",
     "SCHEDULERS",
@@ -145,26 +147,15 @@ def run_project(
     }
     with compute_context(scheduler, **run) as client:
         used = scheduler_label(scheduler, client)
-        budget = memory_limit
-        tile = 1
-        if prefilter is not None:  # filtered chunks need more room and halos: plan for them
-            from zchunk.ops.filters import halo_pixels
-
-            budget = _budget_for_filter(memory_limit)
-            tile = 4 * halo_pixels(prefilter[0], **prefilter[1])
-        from zchunk.io import min_tile
-
-        with min_tile(tile):
-            stack = zchunk.open(
-                source,
-                axes=axes,
-                memory_limit=budget,
-                whole=axis,
-                allow_incomplete=allow_incomplete,
-                scale=scale,
-            )
-        if prefilter is not None:
-            stack = zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
+        source_stack, stack = _open_filtered(
+            source,
+            prefilter,
+            axes=axes,
+            memory_limit=memory_limit,
+            whole=axis,
+            allow_incomplete=allow_incomplete,
+            scale=scale,
+        )
         results = zchunk.project_many(
             stack,
             list(methods),
@@ -178,31 +169,95 @@ def run_project(
             scheduler,
             **run,
             progress=progress_enabled(progress),
-            description=f"{'+'.join(names)} of {stack.name}",
-            nbytes=int(stack.data.nbytes),
+            description=f"{'+'.join(names)} of {source_stack.name}",
+            nbytes=int(source_stack.data.nbytes),
         ):
             written = zchunk.save_many(
                 by_name, paths, overwrite=overwrite, compression=compression, resume=resume
             )
+    return _summary(
+        "project",
+        source,
+        source_stack,
+        written,
+        t0,
+        remote=client is not None,
+        workers=workers,
+        scheduler=used,
+        methods=list(methods),
+        axis=axis,
+        like=like,
+        output_shape=list(next(iter(results.values())).shape),
+    )
+
+
+def _open_filtered(
+    source: Any,
+    prefilter: tuple[str, dict[str, Any]] | None,
+    *,
+    axes: str | None,
+    memory_limit: int | str | None,
+    whole: str,
+    allow_incomplete: bool,
+    scale: dict[str, float] | None,
+) -> tuple[Stack, Stack]:
+    """Open `source` (planned for the filter, if any) and apply the filter: (opened, result).
+
+    A filtered chunk needs more room than a projected one and a halo from its neighbours, so
+    the chunks are planned with the budget divided by the filter's memory factor and at least
+    four halos per side.
+    """
+    import zchunk
+    from zchunk.io import min_tile
+
+    budget: int | str | None = memory_limit
+    tile = 1
+    if prefilter is not None:
+        from zchunk.ops.filters import halo_pixels
+
+        budget = _budget_for_filter(memory_limit)
+        tile = 4 * halo_pixels(prefilter[0], **prefilter[1])
+    with min_tile(tile):
+        stack = zchunk.open(
+            source,
+            axes=axes,
+            memory_limit=budget,
+            whole=whole,
+            allow_incomplete=allow_incomplete,
+            scale=scale,
+        )
+    if prefilter is None:
+        return stack, stack
+    return stack, zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
+
+
+def _summary(
+    command: str,
+    source: Any,
+    stack: Stack,
+    written: dict[str, Any],
+    t0: float,
+    *,
+    remote: bool,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Return the JSON-ready summary of a run (`stack` is the input as opened)."""
+    from zchunk.io import _tiff
+
     wall = time.perf_counter() - t0
     return {
-        "command": "project",
+        "command": command,
         "input": str(source),
         "input_shape": list(stack.shape),
         "input_axes": stack.axes,
         "input_bytes": int(stack.data.nbytes),
-        "methods": list(methods),
-        "axis": axis,
-        "like": like,
         "outputs": {k: str(v) for k, v in written.items()},
-        "output_shape": list(next(iter(results.values())).shape),
         "wall_s": round(wall, 3),
         "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         # counted in this process: unknown when workers in other processes read
-        "bytes_read": _tiff.READ_STATS.bytes_read if client is None else None,
-        "workers": workers,
-        "scheduler": used,
+        "bytes_read": None if remote else _tiff.READ_STATS.bytes_read,
+        **fields,
     }
 
 
@@ -254,19 +309,15 @@ def run_filter(
     }
     with compute_context(scheduler, **run) as client:
         used = scheduler_label(scheduler, client)
-        from zchunk.io import min_tile
-        from zchunk.ops.filters import halo_pixels
-
-        # chunks of at least 4 halos per side: the halo stays a small part of what is read
-        with min_tile(4 * halo_pixels(name, **params)):
-            stack = zchunk.open(
-                source,
-                axes=axes,
-                memory_limit=_budget_for_filter(memory_limit),
-                allow_incomplete=allow_incomplete,
-                scale=scale,
-            )
-        result = zchunk.filter(stack, name, **params)  # type: ignore[arg-type]
+        stack, result = _open_filtered(
+            source,
+            (name, params),
+            axes=axes,
+            memory_limit=memory_limit,
+            whole="z",
+            allow_incomplete=allow_incomplete,
+            scale=scale,
+        )
         with compute_context(
             scheduler,
             **run,
@@ -278,21 +329,15 @@ def run_filter(
             written = zchunk.save(
                 result, out, overwrite=overwrite, compression=compression, resume=resume, **extra
             )
-    wall = time.perf_counter() - t0
-    return {
-        "command": "filter",
-        "input": str(source),
-        "input_shape": list(stack.shape),
-        "input_axes": stack.axes,
-        "input_bytes": int(stack.data.nbytes),
-        "filter": dict(result.attrs.get("filter", {"name": name})),
-        "outputs": {name: str(written)},
-        "output_dtype": str(result.dtype),
-        "wall_s": round(wall, 3),
-        "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        # counted in this process: unknown when workers in other processes read
-        "bytes_read": _tiff.READ_STATS.bytes_read if client is None else None,
-        "workers": workers,
-        "scheduler": used,
-    }
+    return _summary(
+        "filter",
+        source,
+        stack,
+        {name: written},
+        t0,
+        remote=client is not None,
+        workers=workers,
+        scheduler=used,
+        filter=dict(result.attrs.get("filter", {"name": name})),
+        output_dtype=str(result.dtype),
+    )
