@@ -165,6 +165,30 @@ def vmhwm_mb() -> float:
     raise RuntimeError(msg)
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds busy on the whole machine, and those of this process and its reaped children.
+
+    Their difference over a case is the CPU that other processes (or the hypervisor: steal) took
+    while it ran: the benchmarks' own check for contention from work that is not a benchmark.
+    """
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
+def wait_idle(limit_s: float, *, cores: float = 0.15, window_s: float = 1.0) -> float:
+    """Wait (up to `limit_s`) until the machine is idle: under `cores` busy over `window_s`."""
+    waited = 0.0
+    while waited < limit_s:
+        b0, _ = cpu_seconds()
+        time.sleep(window_s)
+        waited += window_s
+        if (cpu_seconds()[0] - b0) / window_s < cores:
+            break
+    return waited
+
+
 def timed(func: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     value = func()

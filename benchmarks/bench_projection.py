@@ -197,31 +197,6 @@ def _check(record: dict[str, Any], reference: dict[str, dict[str, Any]]) -> None
             raise SystemExit(msg)
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """CPU seconds busy on the whole machine, and those of this process and its reaped children.
-
-    Their difference over a case is the CPU that other processes (or the hypervisor: steal) took
-    while it ran: the benchmark's own check for contention from work that is not a benchmark.
-    """
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def wait_idle(limit_s: float, *, cores: float = 0.15, window_s: float = 1.0) -> float:
-    """Wait (up to `limit_s`) until the machine is idle: under `cores` busy over `window_s`."""
-    waited = 0.0
-    while waited < limit_s:
-        b0, _ = _cpu_seconds()
-        time.sleep(window_s)
-        b1, _ = _cpu_seconds()
-        waited += window_s
-        if (b1 - b0) / window_s < cores:
-            break
-    return waited
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -318,16 +293,16 @@ def main() -> None:
     records: dict[tuple[str, str], dict[str, Any]] = {}
     for name, case, params, cache in plan:
         before = cold if cache == "cold" else None
-        waited = wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+        waited = h.wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
         if cache == "warm":
             h.raw_read([path])  # bring (back) the file into the page cache, untimed
         for _ in range(args.warmup):  # untimed: the first big allocations after a pause are slow
             if before is not None:
                 before()
             _check({"name": name, **h.run_child(script, case, {**base, **params})}, reference)
-        busy0, ours0, t0 = *_cpu_seconds(), time.perf_counter()
+        busy0, ours0, t0 = *h.cpu_seconds(), time.perf_counter()
         r = h.repeat_child(script, case, {**base, **params}, args.repeat, before)
-        busy1, ours1, elapsed = *_cpu_seconds(), time.perf_counter() - t0
+        busy1, ours1, elapsed = *h.cpu_seconds(), time.perf_counter() - t0
         others = max(0.0, (busy1 - busy0) - (ours1 - ours0))
         record = {
             "name": name,

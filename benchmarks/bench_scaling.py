@@ -115,26 +115,6 @@ CASES = {"run": case_run, "prepare": case_prepare}
 # parent -------------------------------------------------------------------------------------
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """CPU seconds busy on the machine, and those of this process and its reaped children."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def wait_idle(limit_s: float, *, cores: float = 0.15, window_s: float = 1.0) -> float:
-    """Wait (up to `limit_s`) until the machine is idle: under `cores` busy over `window_s`."""
-    waited = 0.0
-    while waited < limit_s:
-        b0, _ = _cpu_seconds()
-        time.sleep(window_s)
-        waited += window_s
-        if (_cpu_seconds()[0] - b0) / window_s < cores:
-            break
-    return waited
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -176,11 +156,11 @@ def main() -> None:
             one = None
             for n in workers:
                 h.raw_read([path])  # warm page cache, untimed
-                waited = wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+                waited = h.wait_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
                 params = {**base, "path": path, "method": method, "scheduler": scheduler}
-                busy0, ours0, t0 = *_cpu_seconds(), time.perf_counter()
+                busy0, ours0, t0 = *h.cpu_seconds(), time.perf_counter()
                 r = h.repeat_child(script, "run", {**params, "workers": n}, args.repeat)
-                busy1, ours1, elapsed = *_cpu_seconds(), time.perf_counter() - t0
+                busy1, ours1, elapsed = *h.cpu_seconds(), time.perf_counter() - t0
                 for name, crc in r["results"].items():
                     if reference.setdefault(name, crc) != crc:
                         msg = (

@@ -412,3 +412,21 @@ def test_registry_names():
         "maximum",
     )
     assert MODES == ("reflect", "nearest", "mirror", "constant")
+
+
+def test_filter_of_an_opened_file_reads_chunk_and_halo_in_one_task(tmp_path):
+    """Straight from a file: no read task holds blocks for its neighbours' halos."""
+    import tifffile
+
+    import zchunk
+
+    data = blobs((9, 45, 61), "uint16", seed=7)
+    tifffile.imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(str(tmp_path / "s.tif"), memory_limit="20KB")
+    assert s.data.numblocks[1] > 3
+    g = zchunk.filter(s, "gaussian", sigma=1.5)
+    layers = list(g.data.__dask_graph__().layers)
+    assert len(layers) == 1  # one task per chunk: read with halo, filter, trim
+    assert g.data.chunks == s.data.chunks
+    expected = ndimage.gaussian_filter(data.astype(np.float32), 1.5)
+    np.testing.assert_array_equal(g.data.compute(), expected)
