@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zchunk.chunking import COPIES_PER_WORKER, format_bytes, parse_memory, plan_chunks
+from zchunk.chunking import (
+    COPIES_PER_WORKER,
+    STREAM_MIN_READ,
+    STREAM_TASKS_PER_WORKER,
+    format_bytes,
+    parse_memory,
+    plan_chunks,
+    plan_stream_rows,
+)
 
 
 @st.composite
@@ -114,3 +122,34 @@ def test_parse_memory_rejects(bad):
 
 def test_format_bytes():
     assert format_bytes(2 * 1024**2) == "2.0 MiB"
+
+
+@given(
+    height=st.integers(1, 5000),
+    plane_row=st.integers(1, 2**16),
+    state_row=st.integers(0, 2**18),
+    budget=st.integers(1_000, 2**31),
+    workers=st.integers(1, 16),
+    lead_tasks=st.integers(1, 50),
+    y_align=st.integers(1, 512),
+)
+@settings(max_examples=500, deadline=None)
+def test_stream_rows_properties(height, plane_row, state_row, budget, workers, lead_tasks, y_align):
+    rows = plan_stream_rows(
+        height,
+        plane_row_bytes=plane_row,
+        state_row_bytes=state_row,
+        budget=budget,
+        workers=workers,
+        lead_tasks=lead_tasks,
+        y_align=y_align,
+    )
+    align = min(y_align, height)
+    assert 1 <= rows <= height
+    assert rows == height or rows % align == 0  # bands end on strip/tile boundaries
+    per_task = budget // (workers * COPIES_PER_WORKER)
+    if align * (plane_row + state_row) <= per_task:  # the budget holds when any band fits
+        assert rows * (plane_row + state_row) <= per_task
+    # never taller than balance (enough tasks per worker) or the read size asks for
+    bands = math.ceil(STREAM_TASKS_PER_WORKER * workers / lead_tasks)
+    assert rows <= max(align, math.ceil(height / bands), math.ceil(STREAM_MIN_READ / plane_row))

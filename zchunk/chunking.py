@@ -24,7 +24,14 @@ import psutil
 
 from zchunk.errors import OptionError
 
-__all__ = ["ChunkPlan", "default_memory_limit", "format_bytes", "parse_memory", "plan_chunks"]
+__all__ = [
+    "ChunkPlan",
+    "default_memory_limit",
+    "format_bytes",
+    "parse_memory",
+    "plan_chunks",
+    "plan_stream_rows",
+]
 
 #: Blocks in flight per worker thread: the block read, a working copy, the result.
 COPIES_PER_WORKER = 3
@@ -243,3 +250,54 @@ def plan_chunks(
         fits=fits,
         note="; ".join(notes),
     )
+
+
+#: Plane-by-plane reductions: tasks per worker thread to aim for (balance, and a progress bar
+#: that moves), and the smallest read of one plane's band worth a system call (shorter reads
+#: of a warm file cost more in calls than in copying; measured on 2048-wide uint16 stacks).
+STREAM_TASKS_PER_WORKER = 4
+STREAM_MIN_READ = 2**20
+
+
+def plan_stream_rows(
+    height: int,
+    *,
+    plane_row_bytes: int,
+    state_row_bytes: int,
+    budget: int,
+    workers: int,
+    lead_tasks: int = 1,
+    y_align: int = 1,
+) -> int:
+    """Band height for reductions computed plane by plane (a running max, min or sum).
+
+    Such a task holds one plane of its band (`plane_row_bytes` per row) and its running
+    results (`state_row_bytes` per row), never the whole z: its band can be far taller than
+    a chunk. It is as tall as the budget allows, but short enough to give every worker
+    `STREAM_TASKS_PER_WORKER` tasks (counting `lead_tasks`, the t and c indices), and never so
+    short that one plane's read is below `STREAM_MIN_READ`. Heights are multiples of
+    `y_align` (the strip or tile height) except for the last band, and never below it.
+
+    Examples
+    --------
+    >>> plan_stream_rows(2048, plane_row_bytes=4096, state_row_bytes=4096, budget=2**30,
+    ...                  workers=2)
+    256
+    >>> plan_stream_rows(2048, plane_row_bytes=4096, state_row_bytes=4096, budget=2**30,
+    ...                  workers=2, lead_tasks=10)
+    2048
+    """
+    if height <= 0:
+        return 1
+    if workers <= 0 or budget <= 0 or y_align <= 0:
+        msg = "budget, workers and y_align must be positive"
+        raise OptionError(msg)
+    align = min(y_align, height)
+    row_cost = max(plane_row_bytes + state_row_bytes, 1)
+    fit = budget // (workers * COPIES_PER_WORKER) // row_cost
+    bands = math.ceil(STREAM_TASKS_PER_WORKER * workers / max(lead_tasks, 1))
+    rows = max(math.ceil(height / bands), math.ceil(STREAM_MIN_READ / max(plane_row_bytes, 1)))
+    rows = min(rows, max(fit, 1), height)
+    if rows < height:
+        rows = max(align, (rows // align) * align)
+    return min(rows, height)

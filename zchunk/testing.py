@@ -5,6 +5,44 @@ Never imported by library code.
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Any
+
 from zchunk.sample import blobs, iter_blob_planes, write_tiff_sequence, write_tiff_stack
 
-__all__ = ["blobs", "iter_blob_planes", "write_tiff_sequence", "write_tiff_stack"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "TIFF_LAYOUTS",
+    "blobs",
+    "imwrite",
+    "iter_blob_planes",
+    "write_tiff_sequence",
+    "write_tiff_stack",
+]
+
+#: ``tifffile.imwrite`` options for every TIFF layout zchunk reads differently.
+TIFF_LAYOUTS: dict[str, dict[str, Any]] = {
+    "contiguous": {},
+    "bigtiff": {"bigtiff": True},
+    "striped-raw": {"rowsperstrip": 7},
+    "zlib": {"compression": "zlib", "rowsperstrip": 8},
+    "zlib-predictor": {"compression": "zlib", "predictor": True, "rowsperstrip": 5},
+    "zstd": {"compression": "zstd", "rowsperstrip": 16},
+    "lzw": {"compression": "lzw", "rowsperstrip": 4},
+    "single-strip-deflate": {"compression": "deflate", "rowsperstrip": 45},
+    "tiled-raw": {"tile": (16, 16)},
+    "tiled-zstd": {"compression": "zstd", "tile": (32, 16)},
+    "big-endian": {"byteorder": ">"},
+    "big-endian-zlib": {"byteorder": ">", "compression": "zlib", "rowsperstrip": 9},
+}
+
+
+def imwrite(path: str | os.PathLike[str], data: np.ndarray, **kwargs: Any) -> str:
+    """Write `data` with ``tifffile.imwrite`` (grey pages by default); return the path."""
+    import tifffile
+
+    kwargs.setdefault("photometric", "minisblack")
+    tifffile.imwrite(path, data, **kwargs)
+    return os.fspath(path)

@@ -8,30 +8,12 @@ import tifffile
 import zchunk
 from zchunk.errors import CorruptDataError, InputChangedError, SourceNotFoundError, StackFormatError
 from zchunk.io import _tiff
-from zchunk.testing import blobs, write_tiff_sequence
+from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite, write_tiff_sequence
 
 SHAPE = (9, 45, 61)  # odd sizes: bands and tiles do not divide them
 
-LAYOUTS = {
-    "contiguous": {},
-    "bigtiff": {"bigtiff": True},
-    "striped-raw": {"rowsperstrip": 7},
-    "zlib": {"compression": "zlib", "rowsperstrip": 8},
-    "zlib-predictor": {"compression": "zlib", "predictor": True, "rowsperstrip": 5},
-    "zstd": {"compression": "zstd", "rowsperstrip": 16},
-    "lzw": {"compression": "lzw", "rowsperstrip": 4},
-    "single-strip-deflate": {"compression": "deflate", "rowsperstrip": 45},
-    "tiled-raw": {"tile": (16, 16)},
-    "tiled-zstd": {"compression": "zstd", "tile": (32, 16)},
-    "big-endian": {"byteorder": ">"},
-    "big-endian-zlib": {"byteorder": ">", "compression": "zlib", "rowsperstrip": 9},
-}
-
-
-def _write(path, data, **kw):
-    kw.setdefault("photometric", "minisblack")
-    tifffile.imwrite(path, data, **kw)
-    return str(path)
+LAYOUTS = TIFF_LAYOUTS
+_write = imwrite
 
 
 def _assert_full_z(stack, axis="z"):

@@ -34,7 +34,15 @@ from zchunk.errors import CorruptDataError, InputChangedError, StackFormatError,
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["READ_STATS", "BlockSpec", "FileId", "ReadStats", "TiffLayout", "read_block"]
+__all__ = [
+    "READ_STATS",
+    "BlockSpec",
+    "FileId",
+    "ReadStats",
+    "TiffLayout",
+    "read_block",
+    "stream_planes",
+]
 
 
 @dataclass
@@ -232,12 +240,9 @@ def _decoder(file: FileId) -> Callable[..., Any]:
         return decode
 
 
-def read_block(spec: BlockSpec) -> np.ndarray:
-    """Read one block of the stack, in the native byte order."""
-    r0, r1 = spec.rows
-    c0, c1 = spec.cols
-    nplanes = len(spec.plane_file)
-    out = np.empty((nplanes, r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
+@contextlib.contextmanager
+def _opened(spec: BlockSpec) -> Iterator[dict[int, int]]:
+    """Open the block's files (checked against their parsed identity); close them after."""
     fds: dict[int, int] = {}
     try:
         for i, file in enumerate(spec.files):
@@ -248,19 +253,70 @@ def read_block(spec: BlockSpec) -> np.ndarray:
                 raise InputChangedError(msg) from exc
             file.check(fds[i])
             if not spec.compressed and not spec.tiled:
+                # no readahead beyond the rows asked for: _prefetch says what comes next
                 os.posix_fadvise(fds[i], 0, 0, os.POSIX_FADV_RANDOM)
-        read = _read_raw_rows if not spec.compressed and not spec.tiled else _read_segments
-        _prefetch(spec, fds)
-        for p in range(nplanes):
-            fi = int(spec.plane_file[p])
-            read(spec, fds[fi], spec.files[fi].path, p, out[p])
+        yield fds
     finally:
         for fd in fds.values():
             os.close(fd)
-    raw = not spec.compressed and not spec.tiled  # decoded segments are copied in native order
+
+
+def _plane_reader(spec: BlockSpec) -> Callable[[BlockSpec, int, str, int, np.ndarray], None]:
+    return _read_raw_rows if not spec.compressed and not spec.tiled else _read_segments
+
+
+def _to_native(spec: BlockSpec, array: np.ndarray) -> None:
+    """Swap big-endian raw rows in place (decoded segments are copied in native order)."""
+    raw = not spec.compressed and not spec.tiled
     if raw and spec.dtype.byteorder == ">" and spec.dtype.itemsize > 1:
-        out.byteswap(inplace=True)
+        array.byteswap(inplace=True)
+
+
+def read_block(spec: BlockSpec) -> np.ndarray:
+    """Read one block of the stack, in the native byte order."""
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    nplanes = len(spec.plane_file)
+    out = np.empty((nplanes, r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
+    read = _plane_reader(spec)
+    with _opened(spec) as fds:
+        _prefetch(spec, fds, range(nplanes))
+        for p in range(nplanes):
+            fi = int(spec.plane_file[p])
+            read(spec, fds[fi], spec.files[fi].path, p, out[p])
+    _to_native(spec, out)
     return out.reshape(spec.shape)
+
+
+#: Bytes a plane stream asks the kernel to read ahead of the plane being reduced: enough to
+#: keep a cold disk busy (measured: 8-32 MiB ahead per stream read a 4.2 GB stack 1.4-2x
+#: faster than none), little next to the page cache.
+STREAM_AHEAD_BYTES = 32 * 2**20
+
+
+def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
+    """Yield the block's planes in order, each read into one reused buffer.
+
+    A plane is valid until the next one is asked for. Memory is one plane of the block
+    (plus a decoded segment), whatever the number of planes: reductions that can be computed
+    plane by plane (max, min, sums) read a band of the whole stack this way, in long reads
+    that keep the disk's sequential rate.
+    """
+    r0, r1 = spec.rows
+    c0, c1 = spec.cols
+    nplanes = len(spec.plane_file)
+    buf = np.empty((r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
+    ahead = max(1, STREAM_AHEAD_BYTES // max(buf.nbytes, 1))
+    read = _plane_reader(spec)
+    with _opened(spec) as fds:
+        _prefetch(spec, fds, range(min(ahead, nplanes)), lazy=True)
+        for p in range(nplanes):
+            if p + ahead < nplanes:
+                _prefetch(spec, fds, range(p + ahead, p + ahead + 1), lazy=True)
+            fi = int(spec.plane_file[p])
+            read(spec, fds[fi], spec.files[fi].path, p, buf)
+            _to_native(spec, buf)
+            yield buf
 
 
 def _raw_parts(spec: BlockSpec, p: int) -> list[list[int]]:
@@ -279,24 +335,37 @@ def _raw_parts(spec: BlockSpec, p: int) -> list[list[int]]:
     return parts
 
 
-def _prefetch(spec: BlockSpec, fds: dict[int, int]) -> None:
-    """Ask the kernel to start reading every byte range of the block at once.
+def _prefetch(spec: BlockSpec, fds: dict[int, int], planes: range, *, lazy: bool = False) -> None:
+    """Ask the kernel to start reading every byte range of `planes` of the block at once.
 
     The reads that follow then find their pages arriving from a deep I/O queue instead of
-    waiting for each range in turn (on a cold cache this is most of the speed).
+    waiting for each range in turn (on a cold cache this is most of the speed). With `lazy`,
+    ranges already in the page cache are skipped: asking for them costs a walk over their
+    pages (a quarter of a warm plane-by-plane max).
     """
     raw = not spec.compressed and not spec.tiled
     row_bytes = spec.width * spec.dtype.itemsize
-    for p in range(len(spec.plane_file)):
+    for p in planes:
         fd = fds[int(spec.plane_file[p])]
         if raw:
-            for offset, _, count in _raw_parts(spec, p):
-                os.posix_fadvise(fd, offset, count * row_bytes, os.POSIX_FADV_WILLNEED)
+            ranges = [(offset, count * row_bytes) for offset, _, count in _raw_parts(spec, p)]
         else:
             offsets, counts = spec.offsets[p], spec.bytecounts[p]
-            for first, stop in _runs(offsets, counts):
-                size = int(offsets[stop - 1] + counts[stop - 1] - offsets[first])
-                os.posix_fadvise(fd, int(offsets[first]), size, os.POSIX_FADV_WILLNEED)
+            ranges = [
+                (int(offsets[a]), int(offsets[b - 1] + counts[b - 1] - offsets[a]))
+                for a, b in _runs(offsets, counts)
+            ]
+        for offset, size in ranges:
+            if size and not (lazy and _is_cached(fd, offset + size - 1)):
+                os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+
+
+def _is_cached(fd: int, offset: int) -> bool:
+    """Tell whether the byte at `offset` is in the page cache (a read that cannot block)."""
+    try:
+        return os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT) == 1
+    except OSError:  # EAGAIN: not cached (or the file system cannot tell)
+        return False
 
 
 def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
@@ -777,3 +846,12 @@ class RegionReader:
     def __getitem__(self, slices: tuple[slice, ...]) -> np.ndarray:
         """Return the pixels of `slices` (one slice per axis, steps of 1)."""
         return read_block(block_reader(self.layout, self.lead_shape)(slices))
+
+    def planes(self, slices: tuple[slice, ...]) -> Iterator[np.ndarray]:
+        """Yield the (rows, columns) planes of `slices` one by one (see :func:`stream_planes`)."""
+        return stream_planes(block_reader(self.layout, self.lead_shape)(slices))
+
+    @property
+    def row_align(self) -> int:
+        """Band heights that decode no stored segment twice: the strip or tile height."""
+        return self.layout.segment_shape[0] if self.layout.compressed or self.layout.tiled else 1

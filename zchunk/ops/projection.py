@@ -4,6 +4,13 @@ Every chunk holds the whole reduced axis, so each projection is one ``map_blocks
 chunks with no rechunk and no exchange between tasks. Several projections of one stack share
 the read tasks: computed together (``project_many`` then one store), each chunk is read once.
 
+Projections that can run plane by plane (max and min; sum and mean of integers; ImageJ's
+float32 sum and average) of a stack freshly opened from TIFF skip the chunks: each task streams
+a tall band of every plane, in order, through one reused buffer into running results (see
+:func:`zchunk.io._tiff.stream_planes`). Its reads are long and in file order, so a max runs at
+the disk's rate, and it holds one plane of its band instead of the whole z. The values are the
+same bit for bit: the running result is updated in z order, as NumPy and ImageJ do.
+
 Semantics
 ---------
 ``like="numpy"`` (default) gives NumPy's values and dtypes: max/min keep the dtype, sum follows
@@ -25,11 +32,14 @@ two middle values for an even count, rounded half up to 8-bit for 8-bit input.
 from __future__ import annotations
 
 import functools
+import operator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import dask.array as da
 import numpy as np
 
+from zchunk.chunking import plan_stream_rows
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops import _kernels
 
@@ -112,6 +122,119 @@ def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) ->
         return _round_half_up(med, dtype) if dtype == np.uint8 else med.astype(np.float32)
     msg = f"method {method!r} has no ImageJ equivalent; use like='numpy'"
     raise OptionError(msg)
+
+
+# plane by plane ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """A projection computed plane by plane: ``acc = ufunc(acc, plane)`` in z order."""
+
+    ufunc: np.ufunc
+    acc_dtype: np.dtype[Any]
+    mean: bool  # divide by the count at the end
+    imagej_round: np.dtype[Any] | None  # ImageJ's Average of 8/16-bit: round half up to this
+    out_dtype: np.dtype[Any] | None  # dtype= cast
+
+    def start(self, plane: np.ndarray) -> np.ndarray:
+        if self.ufunc is np.add:  # from zero, as the running sums of NumPy and ImageJ
+            acc = np.zeros(plane.shape, self.acc_dtype)
+            self.add(acc, plane)
+            return acc
+        return plane.astype(self.acc_dtype, copy=True)
+
+    def add(self, acc: np.ndarray, plane: np.ndarray) -> None:
+        self.ufunc(acc, plane, out=acc, dtype=self.acc_dtype, casting="unsafe")
+
+    def finish(self, acc: np.ndarray, n: int) -> np.ndarray:
+        if self.mean:  # as np.mean (float64 sum / count) and ImageJ (float32 sum / float32 n)
+            acc = acc / (np.float32(n) if self.acc_dtype == np.float32 else n)
+        if self.imagej_round is not None:
+            acc = _round_half_up(acc, self.imagej_round)
+        return acc if self.out_dtype is None else cast_rounded(acc, self.out_dtype, inplace=True)
+
+
+def _running(
+    method: str, like: str, dtype: np.dtype[Any], out_dtype: np.dtype[Any] | None
+) -> _Running | None:
+    """Return the plane-by-plane form of a projection, or None when no exact one exists."""
+    if method in ("max", "min"):
+        ufunc = np.maximum if method == "max" else np.minimum
+        return _Running(ufunc, dtype, False, None, out_dtype)
+    if method not in ("sum", "mean"):
+        return None  # median and percentile need the whole column; std, two passes
+    if like == "imagej":
+        round_to = dtype if method == "mean" and dtype.kind != "f" else None
+        return _Running(np.add, np.dtype(np.float32), method == "mean", round_to, out_dtype)
+    if dtype.kind not in "uib":
+        return None  # float sums: NumPy may sum pairwise, in another order
+    acc = np.sum(np.zeros(1, dtype)).dtype if method == "sum" else np.dtype(np.float64)
+    return _Running(np.add, acc, method == "mean", None, out_dtype)
+
+
+def _project_planes(
+    reader: Any, region: tuple[slice, ...], running: tuple[_Running, ...], shape: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Stream `region`'s planes through the running projections; return their results."""
+    accs: list[np.ndarray] = []
+    n = 0
+    for plane in reader.planes(region):
+        if n == 0:
+            accs = [r.start(plane) for r in running]
+        else:
+            for r, acc in zip(running, accs, strict=True):
+                r.add(acc, plane)
+        n += 1
+    return tuple(r.finish(acc, n).reshape(shape) for r, acc in zip(running, accs, strict=True))
+
+
+def _streamed(
+    stack: Stack, axis: int, running: dict[str, _Running], dtypes: dict[str, np.dtype[Any]]
+) -> dict[str, da.Array]:
+    """Projections of a freshly opened TIFF stack, streamed plane by plane in tall bands."""
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    from zchunk.io._blocks import block_slices
+
+    reader = stack.attrs["read_region"]
+    plan = stack.attrs["plan"]
+    data = stack.data
+    lead = [n for i, n in enumerate(data.shape[:-2]) if i != axis]
+    cols = max(data.chunks[-1])
+    itemsize = data.dtype.itemsize
+    state = sum(r.acc_dtype.itemsize + dtypes[m].itemsize for m, r in running.items())
+    rows = plan_stream_rows(
+        data.shape[-2],
+        plane_row_bytes=cols * itemsize,
+        state_row_bytes=cols * state,
+        budget=plan["memory_limit_bytes"],
+        workers=plan["workers"],
+        lead_tasks=int(np.prod(lead)) * len(data.chunks[-1]),
+        y_align=reader.row_align,
+    )
+    height = data.shape[-2]
+    out_chunks = (
+        *((1,) * n for n in lead),
+        (rows,) * (height // rows) + ((height % rows,) if height % rows else ()),
+        data.chunks[-1],
+    )
+    token = tokenize(data.name, axis, tuple(running.items()))
+    fused = f"zchunk-stream-{token}"
+    dsk: dict[tuple[Any, ...], Any] = {}
+    for index, slices in block_slices(out_chunks):
+        region = (*slices[:axis], slice(0, data.shape[axis]), *slices[axis:])
+        shape = tuple(s.stop - s.start for s in slices)
+        dsk[(fused, *index)] = (_project_planes, reader, region, tuple(running.values()), shape)
+    results: dict[str, da.Array] = {}
+    for k, method in enumerate(running):  # every method's array shares the streaming tasks
+        key = f"zchunk-{method}-{token}"
+        pick = {(key, *i[1:]): (operator.getitem, i, k) for i in dsk}
+        layers = {fused: dsk, key: pick}
+        graph = HighLevelGraph(layers, {fused: set(), key: {fused}})  # type: ignore[arg-type]
+        results[method] = da.Array(graph, key, out_chunks, dtype=dtypes[method])
+    return results
 
 
 # public API ---------------------------------------------------------------------------------
@@ -300,19 +423,28 @@ def project_many(
     stack = _whole_along(stack, axis)
     i = stack.axis(axis)
     out_dtype = None if dtype is None else np.dtype(dtype)
+    reducers = {m: _reducer(m, like, q if m == "percentile" else None, out_dtype) for m in methods}
+    dtypes = {m: _output_dtype(f, stack.dtype, stack.data.ndim, i) for m, f in reducers.items()}
+    running = {m: _running(m, like, stack.dtype, out_dtype) for m in methods}
+    # a stack straight from a reader that streams planes (TIFF), not derived from another
+    streams = hasattr(stack.attrs.get("read_region"), "planes")
+    fresh = streams and stack.attrs.get("read_name") == stack.data.name
+    streamed: dict[str, da.Array] = {}
+    if fresh and all(r is not None for r in running.values()):
+        streamed = _streamed(stack, i, cast("dict[str, _Running]", running), dtypes)
     results: dict[str, Stack] = {}
     for method in methods:
-        reducer = _reducer(method, like, q if method == "percentile" else None, out_dtype)
-        result_dtype = _output_dtype(reducer, stack.dtype, stack.data.ndim, i)
-        data = da.map_blocks(
-            reducer,
-            stack.data,
-            axis=i,
-            drop_axis=i,
-            dtype=result_dtype,
-            meta=np.empty((0,) * (stack.data.ndim - 1), dtype=result_dtype),
-            token=f"zchunk-{method}",
-        )
+        data = streamed.get(method)
+        if data is None:
+            data = da.map_blocks(
+                reducers[method],
+                stack.data,
+                axis=i,
+                drop_axis=i,
+                dtype=dtypes[method],
+                meta=np.empty((0,) * (stack.data.ndim - 1), dtype=dtypes[method]),
+                token=f"zchunk-{method}",
+            )
         projected = stack.drop_axis(axis, data)
         attrs = {k: v for k, v in projected.attrs.items() if k not in ("reopen", "read_name")}
         attrs["projection"] = {"method": method, "axis": axis, "like": like, "q": q}

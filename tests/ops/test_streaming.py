@@ -1,0 +1,148 @@
+"""Projections streamed plane by plane from a TIFF: same values as NumPy and ImageJ, bit for
+bit, on every layout; every byte read once; tall bands in bounded memory."""
+
+import os
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+
+import zchunk
+from zchunk.errors import CorruptDataError, InputChangedError
+from zchunk.io import _tiff
+from zchunk.ops.projection import project, project_many
+from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite
+
+SHAPE = (9, 45, 61)  # odd sizes: bands and tiles do not divide them
+
+STREAMED = ["max", "min", "sum", "mean"]
+
+
+def _streamed(array):
+    return any(
+        str(k[0] if isinstance(k, tuple) else k).startswith("zchunk-stream-")
+        for k in dict(array.__dask_graph__())
+    )
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("layout", list(TIFF_LAYOUTS))
+def test_streamed_projections_equal_numpy_on_every_layout(tmp_path, layout, dtype):
+    data = blobs(SHAPE, dtype, seed=7)
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS[layout])
+    s = zchunk.open(path, memory_limit="60KB")  # several bands, tall bands capped by budget
+    for method in STREAMED:
+        out = project(s, method).data
+        ref = getattr(np, method)(data, axis=0)
+        # float sums may be summed pairwise by NumPy: those stay on the chunked path
+        assert _streamed(out) == (method in ("max", "min") or dtype != "float32")
+        got = out.compute()
+        assert got.dtype == ref.dtype
+        np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("nz", [1, 6, 7])
+def test_streamed_imagej_equals_the_chunked_path(tmp_path, dtype, nz):
+    # the chunked path is checked against a pixel-by-pixel ImageJ reference elsewhere
+    data = blobs((nz, 33, 20), dtype, seed=nz)
+    path = imwrite(tmp_path / "s.tif", data, rowsperstrip=5)
+    s = zchunk.open(path, memory_limit="20KB")
+    chunked = zchunk.Stack(s.data + 0, axes=s.axes)  # derived: not streamed
+    for method in ["max", "min", "sum", "mean"]:
+        out = project(s, method, like="imagej")
+        assert _streamed(out.data)
+        ref = project(chunked, method, like="imagej").data
+        assert not _streamed(ref)
+        got, want = out.data.compute(), ref.compute()
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_dtype_cast_and_nan(tmp_path):
+    data = blobs((6, 30, 25), "float32", seed=1) * 100
+    data[3, 4, 5] = np.nan
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path, memory_limit="20KB")
+    got = project(s, "max").data.compute()
+    np.testing.assert_array_equal(got, np.max(data, axis=0))  # NaN propagates, as np.max
+    assert np.isnan(got[4, 5])
+    u16 = blobs((6, 30, 25), "uint16", seed=2)
+    s = zchunk.open(imwrite(tmp_path / "u.tif", u16), memory_limit="20KB")
+    out = project(s, "mean", dtype="uint8")
+    assert _streamed(out.data)
+    want = np.clip(np.rint(u16.mean(axis=0)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out.data.compute(), want)
+
+
+def test_timelapse_along_z_and_t(tmp_path):
+    data = blobs((3, 5, 24, 30), "uint16", seed=4)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZYX"})
+    s = zchunk.open(str(path), memory_limit="30KB")
+    z = project(s, "max", axis="z")
+    t = project(s, "sum", axis="t")
+    assert _streamed(z.data)
+    assert _streamed(t.data)
+    assert (z.axes, t.axes) == ("tyx", "zyx")
+    np.testing.assert_array_equal(z.data.compute(), data.max(axis=1))
+    np.testing.assert_array_equal(t.data.compute(), data.sum(axis=0))
+
+
+def test_folder_streams(tmp_path):
+    from zchunk.testing import write_tiff_sequence
+
+    folder = tmp_path / "seq"
+    write_tiff_sequence(str(folder), (11, 40, 33), "uint16", seed=5)
+    s = zchunk.open(str(folder), memory_limit="40KB")
+    ref = np.stack([tifffile.imread(p) for p in sorted(folder.iterdir())])
+    many = project_many(s, ["max", "min", "mean"])
+    assert all(_streamed(m.data) for m in many.values())
+    got = dask.compute(*(m.data for m in many.values()))
+    for method, g in zip(many, got, strict=True):
+        np.testing.assert_array_equal(g, getattr(np, method)(ref, axis=0))
+
+
+def test_each_byte_read_once_for_all_methods(tmp_path):
+    data = blobs((8, 200, 64), "uint16", seed=6)
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path, memory_limit="200KB")
+    many = project_many(s, ["max", "min", "sum", "mean"])
+    assert many["max"].data.npartitions > 1
+    _tiff.READ_STATS.reset()
+    dask.compute(*(m.data for m in many.values()), scheduler="threads")
+    assert _tiff.READ_STATS.bytes_read == data.nbytes
+
+
+def test_bands_are_taller_than_chunks_and_within_budget(tmp_path):
+    # 60 planes x 256 rows x 512 columns: chunks of the whole z are a few rows; a running max
+    # holds one plane of its band, so its bands are tall, but still several per worker
+    data = blobs((60, 256, 512), "uint16", seed=8)
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path, memory_limit="4MiB")
+    out = project(s, "max").data
+    assert max(out.chunks[0]) > 4 * max(s.data.chunks[1])
+    assert len(out.chunks[0]) >= 2
+    plane_bytes = max(out.chunks[0]) * 512 * 2
+    assert plane_bytes * 2 * s.attrs["plan"]["workers"] * 3 <= 4 * 2**20  # buffer + running max
+    np.testing.assert_array_equal(out.compute(), data.max(axis=0))
+
+
+def test_not_streamed_when_derived_or_not_tiff(tmp_path):
+    data = blobs((5, 20, 20), "uint16", seed=9)
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path)
+    assert not _streamed(project(zchunk.Stack(s.data * 2, axes="zyx"), "max").data)
+    assert not _streamed(project(zchunk.open(data), "max").data)
+    assert not _streamed(project_many(s, ["max", "median"])["max"].data)  # one read for both
+
+
+def test_errors_surface_from_the_stream(tmp_path):
+    data = blobs((6, 40, 30), "uint16", seed=10)
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 5000)
+    with pytest.raises((CorruptDataError, InputChangedError)):
+        project(s, "max").data.compute()
