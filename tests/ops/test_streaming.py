@@ -146,3 +146,29 @@ def test_errors_surface_from_the_stream(tmp_path):
         f.truncate(os.path.getsize(path) - 5000)
     with pytest.raises((CorruptDataError, InputChangedError)):
         project(s, "max").data.compute()
+
+
+def _banded(array):
+    return any(str(k[0]).startswith("zchunk-bands-") for k in dict(array.__dask_graph__()))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("layout", list(TIFF_LAYOUTS))
+def test_banded_projections_equal_numpy_on_every_layout(tmp_path, monkeypatch, layout, dtype):
+    from zchunk.ops import projection
+
+    monkeypatch.setattr(projection, "BAND_BYTES", 2000)  # several bands in every chunk
+    data = blobs(SHAPE, dtype, seed=12)
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS[layout])
+    s = zchunk.open(path, memory_limit="60KB")
+    many = project_many(s, ["median", "percentile", "max", "std"], q=90)
+    assert all(_banded(m.data) for m in many.values())
+    _tiff.READ_STATS.reset()
+    got = dask.compute(*(m.data for m in many.values()), scheduler="threads")
+    layout_info = s.attrs["layout"]
+    if layout_info["compression"] != "none" or layout_info["tiled"]:  # each segment decoded once
+        assert _tiff.READ_STATS.segments_decoded == SHAPE[0] * layout_info["segments_per_plane"]
+    np.testing.assert_array_equal(got[0], np.median(data, axis=0))
+    np.testing.assert_array_equal(got[1], np.percentile(data, 90, axis=0))
+    np.testing.assert_array_equal(got[2], np.max(data, axis=0))
+    np.testing.assert_allclose(got[3], np.std(data, axis=0), rtol=1e-6)

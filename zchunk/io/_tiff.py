@@ -41,6 +41,7 @@ __all__ = [
     "ReadStats",
     "TiffLayout",
     "read_block",
+    "stream_bands",
     "stream_planes",
 ]
 
@@ -253,16 +254,12 @@ def _opened(spec: BlockSpec) -> Iterator[dict[int, int]]:
                 raise InputChangedError(msg) from exc
             file.check(fds[i])
             if not spec.compressed and not spec.tiled:
-                # no readahead beyond the rows asked for: _prefetch says what comes next
+                # no readahead beyond the rows asked for: prefetch says what comes next
                 os.posix_fadvise(fds[i], 0, 0, os.POSIX_FADV_RANDOM)
         yield fds
     finally:
         for fd in fds.values():
             os.close(fd)
-
-
-def _plane_reader(spec: BlockSpec) -> Callable[[BlockSpec, int, str, int, np.ndarray], None]:
-    return _read_raw_rows if not spec.compressed and not spec.tiled else _read_segments
 
 
 def _to_native(spec: BlockSpec, array: np.ndarray) -> None:
@@ -272,20 +269,89 @@ def _to_native(spec: BlockSpec, array: np.ndarray) -> None:
         array.byteswap(inplace=True)
 
 
+class _Planes:
+    """Read the planes of one block from its open files, one at a time.
+
+    The per-plane work is precomputed for the whole block (which file, which byte ranges):
+    a plane of a band can be a single 30 KB read, so Python's cost per plane counts.
+    """
+
+    def __init__(self, spec: BlockSpec, fds: dict[int, int]) -> None:
+        self.spec = spec
+        files = spec.plane_file.tolist()
+        self.fds = [fds[i] for i in files]
+        self.paths = [spec.files[i].path for i in files]
+        self.parts = _raw_parts(spec) if not spec.compressed and not spec.tiled else None
+
+    def read(self, p: int, out: np.ndarray) -> None:
+        """Read plane `p` of the block into `out` (rows, columns), in the file's byte order."""
+        if self.parts is None:
+            _read_segments(self.spec, self.fds[p], self.paths[p], p, out)
+        else:
+            _read_raw_rows(self.spec, self.fds[p], self.paths[p], self.parts[p], out)
+
+    def prefetch(self, planes: range, *, lazy: bool = False) -> None:
+        """Ask the kernel to start reading every byte range of `planes` at once.
+
+        The reads that follow then find their pages arriving from a deep I/O queue instead
+        of waiting for each range in turn (on a cold cache this is most of the speed). With
+        `lazy`, ranges already in the page cache are skipped: asking for them costs a walk
+        over their pages (a quarter of a warm plane-by-plane max).
+        """
+        spec = self.spec
+        row_bytes = spec.width * spec.dtype.itemsize
+        for p in planes:
+            fd = self.fds[p]
+            if self.parts is not None:
+                ranges = [(offset, count * row_bytes) for offset, _, count in self.parts[p]]
+            else:
+                offsets, counts = spec.offsets[p], spec.bytecounts[p]
+                ranges = [
+                    (int(offsets[a]), int(offsets[b - 1] + counts[b - 1] - offsets[a]))
+                    for a, b in _runs(offsets, counts)
+                ]
+            for offset, size in ranges:
+                if size and not (lazy and _is_cached(fd, offset + size - 1)):
+                    os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+
+    def read_all(self, out: np.ndarray) -> None:
+        """Read every plane into `out` (planes, rows, columns), in the native byte order."""
+        for p in range(len(self.fds)):
+            self.read(p, out[p])
+        _to_native(self.spec, out)
+
+
 def read_block(spec: BlockSpec) -> np.ndarray:
     """Read one block of the stack, in the native byte order."""
     r0, r1 = spec.rows
     c0, c1 = spec.cols
     nplanes = len(spec.plane_file)
     out = np.empty((nplanes, r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
-    read = _plane_reader(spec)
     with _opened(spec) as fds:
-        _prefetch(spec, fds, range(nplanes))
-        for p in range(nplanes):
-            fi = int(spec.plane_file[p])
-            read(spec, fds[fi], spec.files[fi].path, p, out[p])
-    _to_native(spec, out)
+        planes = _Planes(spec, fds)
+        planes.prefetch(range(nplanes))
+        planes.read_all(out)
     return out.reshape(spec.shape)
+
+
+def stream_bands(spec: BlockSpec, bands: Sequence[BlockSpec]) -> Iterator[np.ndarray]:
+    """Yield `bands` (consecutive row ranges of block `spec`) read into one reused buffer.
+
+    Each band is (planes, rows, columns) and valid until the next is asked for. A reduction
+    that needs a pixel's whole column (a median) thus works on a band at a time instead of a
+    freshly allocated chunk: no page faults, and the kernel's working set stays small.
+    """
+    c0, c1 = spec.cols
+    nplanes = len(spec.plane_file)
+    rows = max(b.rows[1] - b.rows[0] for b in bands)
+    buf = np.empty(nplanes * rows * (c1 - c0), dtype=spec.dtype.newbyteorder("="))
+    with _opened(spec) as fds:
+        _Planes(spec, fds).prefetch(range(nplanes), lazy=True)
+        for band in bands:
+            n = band.rows[1] - band.rows[0]
+            out = buf[: nplanes * n * (c1 - c0)].reshape(nplanes, n, c1 - c0)
+            _Planes(band, fds).read_all(out)
+            yield out
 
 
 #: Bytes a plane stream asks the kernel to read ahead of the plane being reduced: enough to
@@ -307,57 +373,38 @@ def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
     nplanes = len(spec.plane_file)
     buf = np.empty((r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
     ahead = max(1, STREAM_AHEAD_BYTES // max(buf.nbytes, 1))
-    read = _plane_reader(spec)
     with _opened(spec) as fds:
-        _prefetch(spec, fds, range(min(ahead, nplanes)), lazy=True)
+        planes = _Planes(spec, fds)
+        planes.prefetch(range(min(ahead, nplanes)), lazy=True)
         for p in range(nplanes):
             if p + ahead < nplanes:
-                _prefetch(spec, fds, range(p + ahead, p + ahead + 1), lazy=True)
-            fi = int(spec.plane_file[p])
-            read(spec, fds[fi], spec.files[fi].path, p, buf)
+                planes.prefetch(range(p + ahead, p + ahead + 1), lazy=True)
+            planes.read(p, buf)
             _to_native(spec, buf)
             yield buf
 
 
-def _raw_parts(spec: BlockSpec, p: int) -> list[list[int]]:
-    """(file offset, first row in block, row count) of plane `p`'s rows, adjacent ones merged."""
+def _raw_parts(spec: BlockSpec) -> list[list[tuple[int, int, int]]]:
+    """Per plane: (file offset, first row in block, row count) of its rows, adjacent merged."""
     r0, r1 = spec.rows
     sh = spec.segment_shape[0]
     row_bytes = spec.width * spec.dtype.itemsize
-    parts: list[list[int]] = []
-    for k, seg in enumerate(spec.segments):
-        a, b = max(r0, int(seg) * sh), min(r1, (int(seg) + 1) * sh)
-        offset = int(spec.offsets[p, k]) + (a - int(seg) * sh) * row_bytes
-        if parts and parts[-1][0] + parts[-1][2] * row_bytes == offset:
-            parts[-1][2] += b - a
-        else:
-            parts.append([offset, a - r0, b - a])
-    return parts
-
-
-def _prefetch(spec: BlockSpec, fds: dict[int, int], planes: range, *, lazy: bool = False) -> None:
-    """Ask the kernel to start reading every byte range of `planes` of the block at once.
-
-    The reads that follow then find their pages arriving from a deep I/O queue instead of
-    waiting for each range in turn (on a cold cache this is most of the speed). With `lazy`,
-    ranges already in the page cache are skipped: asking for them costs a walk over their
-    pages (a quarter of a warm plane-by-plane max).
-    """
-    raw = not spec.compressed and not spec.tiled
-    row_bytes = spec.width * spec.dtype.itemsize
-    for p in planes:
-        fd = fds[int(spec.plane_file[p])]
-        if raw:
-            ranges = [(offset, count * row_bytes) for offset, _, count in _raw_parts(spec, p)]
-        else:
-            offsets, counts = spec.offsets[p], spec.bytecounts[p]
-            ranges = [
-                (int(offsets[a]), int(offsets[b - 1] + counts[b - 1] - offsets[a]))
-                for a, b in _runs(offsets, counts)
-            ]
-        for offset, size in ranges:
-            if size and not (lazy and _is_cached(fd, offset + size - 1)):
-                os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+    first = spec.segments * sh
+    a, b = np.maximum(r0, first), np.minimum(r1, first + sh)
+    starts = (spec.offsets + ((a - first) * row_bytes)[None, :]).tolist()
+    rows, counts = (a - r0).tolist(), (b - a).tolist()
+    if len(rows) == 1:  # one strip per page, or a band within one strip
+        return [[(plane[0], rows[0], counts[0])] for plane in starts]
+    table = []
+    for plane in starts:
+        parts: list[tuple[int, int, int]] = []
+        for offset, row, count in zip(plane, rows, counts, strict=True):
+            if parts and parts[-1][0] + parts[-1][2] * row_bytes == offset:
+                parts[-1] = (parts[-1][0], parts[-1][1], parts[-1][2] + count)
+            else:
+                parts.append((offset, row, count))
+        table.append(parts)
+    return table
 
 
 def _is_cached(fd: int, offset: int) -> bool:
@@ -368,15 +415,17 @@ def _is_cached(fd: int, offset: int) -> bool:
         return False
 
 
-def _read_raw_rows(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
-    """Read rows r0:r1 of one uncompressed, striped plane; only those bytes."""
+def _read_raw_rows(
+    spec: BlockSpec, fd: int, path: str, parts: list[tuple[int, int, int]], out: np.ndarray
+) -> None:
+    """Read rows r0:r1 of one uncompressed, striped plane (its `parts`); only those bytes."""
     r0, r1 = spec.rows
     c0, c1 = spec.cols
     row_bytes = spec.width * spec.dtype.itemsize
     full_width = c0 == 0 and c1 == spec.width
     target = out if full_width else np.empty((r1 - r0, spec.width), out.dtype)
     flat = memoryview(target).cast("B")
-    for offset, row, count in _raw_parts(spec, p):
+    for offset, row, count in parts:
         _pread_into(fd, flat[row * row_bytes : (row + count) * row_bytes], offset, path)
     if not full_width:
         out[...] = target[:, c0:c1]
@@ -850,6 +899,21 @@ class RegionReader:
     def planes(self, slices: tuple[slice, ...]) -> Iterator[np.ndarray]:
         """Yield the (rows, columns) planes of `slices` one by one (see :func:`stream_planes`)."""
         return stream_planes(block_reader(self.layout, self.lead_shape)(slices))
+
+    def bands(self, slices: tuple[slice, ...], rows: int) -> Iterator[np.ndarray]:
+        """Yield `slices` in bands of `rows` rows, as (planes, rows, columns) arrays.
+
+        `rows` is rounded up to :attr:`row_align` so that no stored segment is decoded twice
+        (see :func:`stream_bands`).
+        """
+        make = block_reader(self.layout, self.lead_shape)
+        ys = slices[-2]
+        step = -(-max(rows, 1) // self.row_align) * self.row_align
+        bands = [
+            make((*slices[:-2], slice(a, min(a + step, ys.stop)), slices[-1]))
+            for a in range(ys.start, ys.stop, step)
+        ]
+        return stream_bands(make(slices), bands)
 
     @property
     def row_align(self) -> int:

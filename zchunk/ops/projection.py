@@ -174,7 +174,7 @@ def _running(
 
 
 def _project_planes(
-    reader: Any, region: tuple[slice, ...], running: tuple[_Running, ...], shape: tuple[int, ...]
+    reader: Any, region: tuple[slice, ...], running: Sequence[_Running], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, ...]:
     """Stream `region`'s planes through the running projections; return their results."""
     accs: list[np.ndarray] = []
@@ -189,46 +189,87 @@ def _project_planes(
     return tuple(r.finish(acc, n).reshape(shape) for r, acc in zip(running, accs, strict=True))
 
 
-def _streamed(
+def _project_bands(
+    reader: Any, region: tuple[slice, ...], reducers: Sequence[Any], rows: int, shape: Any
+) -> tuple[np.ndarray, ...]:
+    """Read `region` band by band (all of z, a few rows) and reduce each band as it comes."""
+    parts: list[list[np.ndarray]] = [[] for _ in reducers]
+    for band in reader.bands(region, rows):
+        for reduce, part in zip(reducers, parts, strict=True):
+            part.append(reduce(band, axis=0))
+    return tuple(np.concatenate(part, axis=0).reshape(shape) for part in parts)
+
+
+#: Bytes of one band a banded projection reads and reduces at a time (all of z, a few rows;
+#: never more than the planner's chunk). Measured on a 4.2 GB, 500-plane uint16 median (2
+#: cores): 16 MiB bands 1.47 s (reads of 32 KB per plane cost more in calls than in copying),
+#: 64 MiB 1.12 s, 128 MiB 1.10-1.25 s with 130 MB more memory.
+BAND_BYTES = 64 * 2**20
+
+
+def _stream_chunks(
     stack: Stack, axis: int, running: dict[str, _Running], dtypes: dict[str, np.dtype[Any]]
+) -> tuple[tuple[int, ...], ...]:
+    """Output chunks of plane-by-plane projections: tall bands (see `plan_stream_rows`)."""
+    plan = stack.attrs["plan"]
+    data = stack.data
+    lead = [n for i, n in enumerate(data.shape[:-2]) if i != axis]
+    cols = max(data.chunks[-1])
+    state = sum(r.acc_dtype.itemsize + dtypes[m].itemsize for m, r in running.items())
+    rows = plan_stream_rows(
+        data.shape[-2],
+        plane_row_bytes=cols * data.dtype.itemsize,
+        state_row_bytes=cols * state,
+        budget=plan["memory_limit_bytes"],
+        workers=plan["workers"],
+        lead_tasks=int(np.prod(lead)) * len(data.chunks[-1]),
+        y_align=stack.attrs["read_region"].row_align,
+    )
+    height = data.shape[-2]
+    return (
+        *((1,) * n for n in lead),
+        (rows,) * (height // rows) + ((height % rows,) if height % rows else ()),
+        data.chunks[-1],
+    )
+
+
+def _fused(
+    stack: Stack,
+    axis: int,
+    methods: dict[str, Any],
+    dtypes: dict[str, np.dtype[Any]],
+    streamed: bool,
 ) -> dict[str, da.Array]:
-    """Projections of a freshly opened TIFF stack, streamed plane by plane in tall bands."""
+    """Projections of a freshly opened TIFF stack, each task reading its own region.
+
+    `streamed`: `methods` are `_Running` projections, fed plane by plane in tall bands.
+    Otherwise they are block reducers, fed by cache-sized bands of the planner's chunks. The
+    tasks return one result per method; each method's array picks its own from them.
+    """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     from zchunk.io._blocks import block_slices
 
     reader = stack.attrs["read_region"]
-    plan = stack.attrs["plan"]
     data = stack.data
-    lead = [n for i, n in enumerate(data.shape[:-2]) if i != axis]
-    cols = max(data.chunks[-1])
-    itemsize = data.dtype.itemsize
-    state = sum(r.acc_dtype.itemsize + dtypes[m].itemsize for m, r in running.items())
-    rows = plan_stream_rows(
-        data.shape[-2],
-        plane_row_bytes=cols * itemsize,
-        state_row_bytes=cols * state,
-        budget=plan["memory_limit_bytes"],
-        workers=plan["workers"],
-        lead_tasks=int(np.prod(lead)) * len(data.chunks[-1]),
-        y_align=reader.row_align,
-    )
-    height = data.shape[-2]
-    out_chunks = (
-        *((1,) * n for n in lead),
-        (rows,) * (height // rows) + ((height % rows,) if height % rows else ()),
-        data.chunks[-1],
-    )
-    token = tokenize(data.name, axis, tuple(running.items()))
-    fused = f"zchunk-stream-{token}"
+    funcs = list(methods.values())  # a list: dask would run a tuple starting with a callable
+    if streamed:
+        out_chunks = _stream_chunks(stack, axis, methods, dtypes)
+        task: tuple[Any, ...] = (_project_planes, reader, None, funcs)
+    else:
+        out_chunks = data.chunks[:axis] + data.chunks[axis + 1 :]
+        row_bytes = data.shape[axis] * max(data.chunks[-1]) * data.dtype.itemsize
+        task = (_project_bands, reader, None, funcs, max(1, BAND_BYTES // row_bytes))
+    token = tokenize(data.name, axis, funcs, streamed)
+    fused = f"zchunk-{'stream' if streamed else 'bands'}-{token}"
     dsk: dict[tuple[Any, ...], Any] = {}
     for index, slices in block_slices(out_chunks):
         region = (*slices[:axis], slice(0, data.shape[axis]), *slices[axis:])
         shape = tuple(s.stop - s.start for s in slices)
-        dsk[(fused, *index)] = (_project_planes, reader, region, tuple(running.values()), shape)
+        dsk[(fused, *index)] = (task[0], reader, region, *task[3:], shape)
     results: dict[str, da.Array] = {}
-    for k, method in enumerate(running):  # every method's array shares the streaming tasks
+    for k, method in enumerate(methods):  # every method's array shares the reading tasks
         key = f"zchunk-{method}-{token}"
         pick = {(key, *i[1:]): (operator.getitem, i, k) for i in dsk}
         layers = {fused: dsk, key: pick}
@@ -426,15 +467,17 @@ def project_many(
     reducers = {m: _reducer(m, like, q if m == "percentile" else None, out_dtype) for m in methods}
     dtypes = {m: _output_dtype(f, stack.dtype, stack.data.ndim, i) for m, f in reducers.items()}
     running = {m: _running(m, like, stack.dtype, out_dtype) for m in methods}
-    # a stack straight from a reader that streams planes (TIFF), not derived from another
+    # a stack straight from a reader that streams (TIFF), not derived from another
     streams = hasattr(stack.attrs.get("read_region"), "planes")
-    fresh = streams and stack.attrs.get("read_name") == stack.data.name
-    streamed: dict[str, da.Array] = {}
-    if fresh and all(r is not None for r in running.values()):
-        streamed = _streamed(stack, i, cast("dict[str, _Running]", running), dtypes)
+    fused: dict[str, da.Array] = {}
+    if streams and stack.attrs.get("read_name") == stack.data.name:
+        if all(r is not None for r in running.values()):
+            fused = _fused(stack, i, running, dtypes, streamed=True)
+        else:
+            fused = _fused(stack, i, reducers, dtypes, streamed=False)
     results: dict[str, Stack] = {}
     for method in methods:
-        data = streamed.get(method)
+        data = fused.get(method)
         if data is None:
             data = da.map_blocks(
                 reducers[method],
