@@ -203,19 +203,37 @@ def repeat_child(
     before: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run a case `repeat` times; wall_s min/median and the largest peak RSS."""
-    runs = []
+    return repeat_cases(script, [case], params, repeat, before)[case]
+
+
+def repeat_cases(
+    script: str,
+    cases: list[str],
+    params: dict[str, Any],
+    repeat: int,
+    before: Callable[[], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run `cases` in turn, `repeat` rounds (interleaved: a noisy spell hits all of them).
+
+    Returns, per case, its last JSON with wall_s min/median/runs and the largest peak RSS.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        runs.append(run_child(script, case, params))
-    walls = [r["wall_s"] for r in runs]
-    out = dict(runs[-1])
-    out["wall_s_min"] = round(min(walls), 4)
-    out["wall_s_median"] = round(statistics.median(walls), 4)
-    out["wall_s_runs"] = [round(w, 4) for w in walls]
-    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    out.pop("wall_s", None)
-    return out
+        for case in cases:
+            if before is not None:
+                before()
+            runs[case].append(run_child(script, case, params))
+    summary = {}
+    for case, done in runs.items():
+        walls = [r["wall_s"] for r in done]
+        out = dict(done[-1])
+        out["wall_s_min"] = round(min(walls), 4)
+        out["wall_s_median"] = round(statistics.median(walls), 4)
+        out["wall_s_runs"] = [round(w, 4) for w in walls]
+        out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in done)
+        out.pop("wall_s", None)
+        summary[case] = out
+    return summary
 
 
 def emit(record: dict[str, Any]) -> dict[str, Any]:

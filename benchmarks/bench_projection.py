@@ -42,7 +42,14 @@ import _harness as h
 
 MIB = 2**20
 RSS_SLACK_MB = 300  # target: zchunk peak RSS <= memory budget + 300 MB
-TARGETS = {"vs_numpy": 30.0, "vs_daskimage": 8.0, "median_vs_max": 0.5}
+TARGETS = {
+    "vs_numpy": 30.0,
+    "vs_daskimage": 8.0,
+    "median_vs_max": 0.5,
+    "less_memory": 5.0,  # peer peak RSS / zchunk peak RSS (median)
+    "max_vs_warm_read": 0.8,  # max throughput / warm raw read rate
+    "max_vs_cold_read": 1 / 1.1,  # max time <= 1.1 x the cold raw read
+}
 PEERS = ("numpy", "daskimage")
 
 
@@ -390,17 +397,17 @@ def report(
         ),
         ("max speedup vs numpy", _ratio(wall("numpy_max"), wall("zchunk_max")), "-", "-"),
         ("max speedup vs dask-image", _ratio(wall("daskimage_max"), wall("zchunk_max")), "-", "-"),
-        (
-            "memory ratio numpy/zchunk (median, peak RSS)",
-            _ratio(rss("numpy_median"), rss("zchunk_median")),
-            "-",
-            "-",
-        ),
-        (
-            "memory ratio dask-image/zchunk (median, peak RSS)",
-            _ratio(rss("daskimage_median"), rss("zchunk_median")),
-            "-",
-            "-",
+        *(
+            (
+                f"memory ratio {label}/zchunk (median, peak RSS)",
+                less,
+                f">= {TARGETS['less_memory']:g}x",
+                _met(less, (less or 0) >= TARGETS["less_memory"]),
+            )
+            for label, less in (
+                ("numpy", _ratio(rss("numpy_median"), rss("zchunk_median"))),
+                ("dask-image", _ratio(rss("daskimage_median"), rss("zchunk_median"))),
+            )
         ),
         (
             "zchunk worst peak RSS (MB)",
@@ -415,8 +422,18 @@ def report(
             _met(med_max, (med_max or 0) >= TARGETS["median_vs_max"]),
         ),
         ("max+median in one read vs two runs (speedup)", one_read, "-", "-"),
-        ("max MB/s / raw read MB/s (warm)", raw_warm, "claim: ~1", "-"),
-        ("max MB/s / raw read MB/s (cold)", raw_cold, "claim: ~1", "-"),
+        (
+            "max MB/s / raw read MB/s (warm)",
+            raw_warm,
+            f">= {TARGETS['max_vs_warm_read']:g}",
+            _met(raw_warm, (raw_warm or 0) >= TARGETS["max_vs_warm_read"]),
+        ),
+        (
+            "max MB/s / raw read MB/s (cold)",
+            raw_cold,
+            ">= 0.91 (time <= 1.1x)",
+            _met(raw_cold, (raw_cold or 0) >= TARGETS["max_vs_cold_read"]),
+        ),
     ]
     print()
     if args.smoke:
