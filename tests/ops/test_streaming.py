@@ -178,3 +178,36 @@ def test_banded_projections_equal_numpy_on_every_layout(tmp_path, monkeypatch, l
     np.testing.assert_array_equal(got[1], np.percentile(data, 90, axis=0))
     np.testing.assert_array_equal(got[2], np.max(data, axis=0))
     np.testing.assert_allclose(got[3], np.std(data, axis=0), rtol=1e-6)
+
+
+def test_prefetch_probes_until_the_first_uncached_range(tmp_path, monkeypatch):
+    # a probe of an uncached page makes the kernel read it: probing must stop at the first miss
+    data = blobs((6, 40, 30), "uint16", seed=11)
+    path = imwrite(tmp_path / "s.tif", data)
+    s = zchunk.open(path)
+    reader = s.attrs["read_region"]
+    spec = _tiff.block_reader(reader.layout, reader.lead_shape)(
+        (slice(0, 6), slice(0, 40), slice(0, 30))
+    )
+    probes, asked = [], []
+    monkeypatch.setattr(_tiff, "_is_cached", lambda fd, off: probes.append(off) or len(probes) < 3)
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        _tiff.os,
+        "posix_fadvise",
+        lambda fd, off, n, advice: (
+            asked.append(off) if advice == os.POSIX_FADV_WILLNEED else None,
+            real(fd, off, n, advice),
+        )[1],
+    )
+    with _tiff._opened(spec) as fds:
+        planes = _tiff._Planes(spec, fds)
+        assert planes.prefetch(range(6), probe=True) is False
+    assert len(probes) == 3  # two hits, then the miss; no probe after it
+    assert len(asked) == 4  # the missed range and every one after it
+    asked.clear()
+    probes.clear()
+    monkeypatch.setattr(_tiff, "_is_cached", lambda fd, off: True)
+    with _tiff._opened(spec) as fds:
+        assert _tiff._Planes(spec, fds).prefetch(range(6), probe=True) is True
+    assert asked == []  # all cached: nothing asked

@@ -290,13 +290,15 @@ class _Planes:
         else:
             _read_raw_rows(self.spec, self.fds[p], self.paths[p], self.parts[p], out)
 
-    def prefetch(self, planes: range, *, lazy: bool = False) -> None:
+    def prefetch(self, planes: range, *, probe: bool = False) -> bool:
         """Ask the kernel to start reading every byte range of `planes` at once.
 
         The reads that follow then find their pages arriving from a deep I/O queue instead
         of waiting for each range in turn (on a cold cache this is most of the speed). With
-        `lazy`, ranges already in the page cache are skipped: asking for them costs a walk
-        over their pages (a quarter of a warm plane-by-plane max).
+        `probe`, ranges found in the page cache are skipped (asking for cached pages costs a
+        walk over them: a quarter of a warm plane-by-plane max) until the first that is not:
+        a probe of an uncached page reads that page, an extra request, so probing stops there
+        and everything after is asked for. Returns whether probing may go on.
         """
         spec = self.spec
         row_bytes = spec.width * spec.dtype.itemsize
@@ -311,8 +313,12 @@ class _Planes:
                     for a, b in _runs(offsets, counts)
                 ]
             for offset, size in ranges:
-                if size and not (lazy and _is_cached(fd, offset + size - 1)):
+                if not size:
+                    continue
+                probe = probe and _is_cached(fd, offset + size - 1)
+                if not probe:
                     os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+        return probe
 
     def read_all(self, out: np.ndarray) -> None:
         """Read every plane into `out` (planes, rows, columns), in the native byte order."""
@@ -346,7 +352,7 @@ def stream_bands(spec: BlockSpec, bands: Sequence[BlockSpec]) -> Iterator[np.nda
     rows = max(b.rows[1] - b.rows[0] for b in bands)
     buf = np.empty(nplanes * rows * (c1 - c0), dtype=spec.dtype.newbyteorder("="))
     with _opened(spec) as fds:
-        _Planes(spec, fds).prefetch(range(nplanes), lazy=True)
+        _Planes(spec, fds).prefetch(range(nplanes))
         for band in bands:
             n = band.rows[1] - band.rows[0]
             out = buf[: nplanes * n * (c1 - c0)].reshape(nplanes, n, c1 - c0)
@@ -375,10 +381,10 @@ def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
     ahead = max(1, STREAM_AHEAD_BYTES // max(buf.nbytes, 1))
     with _opened(spec) as fds:
         planes = _Planes(spec, fds)
-        planes.prefetch(range(min(ahead, nplanes)), lazy=True)
+        warm = planes.prefetch(range(min(ahead, nplanes)), probe=True)
         for p in range(nplanes):
             if p + ahead < nplanes:
-                planes.prefetch(range(p + ahead, p + ahead + 1), lazy=True)
+                warm = planes.prefetch(range(p + ahead, p + ahead + 1), probe=warm)
             planes.read(p, buf)
             _to_native(spec, buf)
             yield buf
@@ -408,7 +414,10 @@ def _raw_parts(spec: BlockSpec) -> list[list[tuple[int, int, int]]]:
 
 
 def _is_cached(fd: int, offset: int) -> bool:
-    """Tell whether the byte at `offset` is in the page cache (a read that cannot block)."""
+    """Tell whether the byte at `offset` is in the page cache (a read that cannot block).
+
+    When it is not, the kernel starts reading its page (RWF_NOWAIT does not stop that).
+    """
     try:
         return os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT) == 1
     except OSError:  # EAGAIN: not cached (or the file system cannot tell)
