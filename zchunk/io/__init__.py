@@ -20,6 +20,7 @@ from zchunk.chunking import ChunkPlan, default_memory_limit, parse_memory, plan_
 from zchunk.errors import IncompleteOutputError, SourceNotFoundError, StackFormatError
 from zchunk.io import _tiff, _zarr
 from zchunk.io._blocks import blocks_array
+from zchunk.io._tiff_parse import parse_tiff, parse_tiff_files
 from zchunk.stack import Stack, default_axes
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def _plan_info(plan: ChunkPlan) -> dict[str, Any]:
 def _open_tiff(
     kind: str, paths: list[str], axes: str | None, memory_limit: MemoryLike, whole: str
 ) -> Stack:
-    info = _tiff.parse_tiff(paths[0]) if kind == "file" else _tiff.parse_tiff_files(paths)
+    info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
     layout = info.layout
     shape = info.shape
     ax = _resolve_axes(info.axes, axes, len(shape), paths[0] if kind == "file" else "the files")

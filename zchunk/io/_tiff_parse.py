@@ -1,0 +1,421 @@
+"""Parsing TIFF headers into a :class:`~zchunk.io._tiff.TiffLayout` (runs once, in ``open()``).
+
+A multi-page file or a sequence of single-page files: the pages (or files) checked for one shape,
+dtype and layout, every plane's segment offsets and byte counts tabled (computed, not read, for
+the contiguous pages of big ImageJ files), and damage that tifffile only logs turned into
+:class:`~zchunk.errors.CorruptDataError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import tifffile
+
+from zchunk.errors import CorruptDataError, StackFormatError, ZChunkError
+from zchunk.io._tiff import FileId, TiffLayout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+__all__ = ["TiffInfo", "open_tiff", "parse_tiff", "parse_tiff_files", "strict"]
+
+
+class _TiffLogCapture(logging.Handler):
+    """Collect tifffile's log records: it reports damaged files there, not by raising.
+
+    Only records of the thread that installed it are kept, so that a file parsed in one
+    thread is not blamed for a message about another file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.records.append(record)
+
+    @property
+    def messages(self) -> list[str]:
+        """The messages collected so far."""
+        return [r.getMessage() for r in self.records]
+
+    def damage(self) -> str | None:
+        """Return the first message that signals a damaged file, or None."""
+        return next((r.getMessage() for r in self.records if _is_damage(r)), None)
+
+
+@contextlib.contextmanager
+def strict(path: str) -> Iterator[_TiffLogCapture]:
+    """Raise CorruptDataError after the block if tifffile logged damage of `path` in it."""
+    capture = _TiffLogCapture()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+    damage = capture.damage()
+    if damage is not None:
+        msg = f"{path} is damaged: {damage}"
+        raise CorruptDataError(msg)
+
+
+def open_tiff(path: str) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
+    except tifffile.TiffFileError as exc:
+        msg = f"{path} is not a readable TIFF file ({exc})"
+        raise StackFormatError(msg) from exc
+    except Exception as exc:  # a damaged header can make tifffile raise anything
+        msg = f"{path} is not a readable TIFF file ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
+
+
+def _page_signature(page: Any) -> tuple[Any, ...]:
+    return (
+        page.shape,
+        page.dtype,
+        page.compression,
+        page.predictor,
+        page.is_tiled,
+        page.tilelength,
+        page.tilewidth,
+        page.rowsperstrip if not page.is_tiled else 0,
+        page.planarconfig,
+        page.fillorder,
+        page.parent.byteorder,
+    )
+
+
+def _check_page(page: Any, path: str) -> None:
+    if page.dtype is None:
+        msg = (
+            f"{path}: unsupported pixel type ({page.bitspersample}-bit, format {page.sampleformat})"
+        )
+        raise StackFormatError(msg)
+    if page.samplesperpixel > 1 or page.imagedepth > 1:
+        msg = (
+            f"{path}: pages with {page.samplesperpixel} samples per pixel (RGB) are not supported; "
+            "split the channels into separate planes first"
+        )
+        raise StackFormatError(msg)
+    if np.dtype(page.dtype).kind not in "uif":
+        msg = f"{path}: unsupported pixel type {page.dtype}"
+        raise StackFormatError(msg)
+    try:
+        tifffile.COMPRESSION(page.compression)
+        tifffile.PREDICTOR(page.predictor)
+        page.decode  # noqa: B018 - builds the decoder: fails here for codecs tifffile lacks
+    except Exception as exc:  # tifffile raises ValueError, KeyError...
+        msg = (
+            f"{path}: cannot decode its pages (compression {page.compression}, predictor "
+            f"{page.predictor}: {type(exc).__name__}: {exc})"
+        )
+        raise StackFormatError(msg) from exc
+
+
+def _segment_shape(page: Any) -> tuple[int, int]:
+    if page.is_tiled:
+        return (int(page.tilelength), int(page.tilewidth))
+    return (min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth))
+
+
+def _check_segments(page: Any, path: str, index: int = 0) -> None:
+    """Raise CorruptDataError unless `page` has the strips or tiles its size needs."""
+    sh, sw = _segment_shape(page)
+    if sh <= 0 or sw <= 0:
+        msg = f"{path}: page {index} declares strips or tiles of {sh} x {sw} pixels"
+        raise CorruptDataError(msg)
+    need = math.ceil(page.imagelength / sh) * (
+        math.ceil(page.imagewidth / sw) if page.is_tiled else 1
+    )
+    have = len(page.dataoffsets)
+    if have != need or len(page.databytecounts) != need:
+        msg = (
+            f"{path}: page {index} has {have} strip/tile offsets and "
+            f"{len(page.databytecounts)} byte counts where its size needs {need}"
+        )
+        raise CorruptDataError(msg)
+
+
+def _tables(pages: Sequence[Any], path: str) -> tuple[np.ndarray, np.ndarray]:
+    nseg = len(pages[0].dataoffsets)
+    offsets = np.empty((len(pages), nseg), dtype=np.int64)
+    counts = np.empty((len(pages), nseg), dtype=np.int64)
+    for i, page in enumerate(pages):
+        if page is None or len(page.dataoffsets) != nseg or len(page.databytecounts) != nseg:
+            msg = f"{path}: page {i} is missing or damaged"
+            raise CorruptDataError(msg)
+        offsets[i] = page.dataoffsets
+        counts[i] = page.databytecounts
+    return offsets, counts
+
+
+def _check_stored_bytes(
+    page: Any, counts: np.ndarray, path: str, offsets: np.ndarray | None = None
+) -> None:
+    """Raise CorruptDataError for segments that cannot hold their pixels.
+
+    Uncompressed strips and tiles must store at least their pixels' bytes, as tifffile
+    requires; a segment at offset 0 (the header) with bytes is damaged. Compressed segments
+    are checked when decoded; empty ones (offset and count 0) read as zeros, as in tifffile.
+    """
+    if offsets is not None:
+        bad = (offsets == 0) & (counts != 0)
+        if bad.any():
+            plane, seg = (int(i) for i in np.argwhere(bad)[0])
+            msg = f"{path} is damaged: strip/tile {seg} of plane {plane} is at offset 0"
+            raise CorruptDataError(msg)
+    if page.compression != 1:
+        return
+    sh, sw = _segment_shape(page)
+    itemsize = np.dtype(page.dtype).itemsize
+    if page.is_tiled:
+        need = np.full(counts.shape[1], sh * sw * itemsize, dtype=np.int64)
+    else:
+        rows = np.minimum(sh, int(page.imagelength) - np.arange(counts.shape[1]) * sh)
+        need = rows.astype(np.int64) * int(page.imagewidth) * itemsize
+    short = counts < need[None, :]
+    if short.any():
+        plane, seg = (int(i) for i in np.argwhere(short)[0])
+        msg = (
+            f"{path} is damaged: strip/tile {seg} of plane {plane} holds "
+            f"{int(counts[plane, seg])} bytes where its pixels need {int(need[seg])}"
+        )
+        raise CorruptDataError(msg)
+
+
+def _check_extent(layout: TiffLayout) -> None:
+    ends = layout.offsets + layout.bytecounts
+    for i, file in enumerate(layout.files):
+        mine = ends[layout.plane_file == i]
+        if mine.size and int(mine.max()) > file.size:
+            plane = int(np.argmax((ends.max(axis=1) > file.size) & (layout.plane_file == i)))
+            msg = (
+                f"{file.path} is truncated: plane {plane} needs bytes up to "
+                f"{int(mine.max())} but the file has {file.size}"
+            )
+            raise CorruptDataError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class TiffInfo:
+    """A parsed TIFF source: layout, shape, axes (or None when unknown) and calibration."""
+
+    layout: TiffLayout
+    shape: tuple[int, ...]
+    axes: str | None
+    scale: dict[str, float]
+    units: dict[str, str]
+    channel_names: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_tiff(path: str) -> TiffInfo:
+    """Parse the header of one (multi-page) TIFF file into a TiffInfo."""
+    from zchunk.io import _metadata
+
+    capture = _TiffLogCapture()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(capture)
+    try:
+        with open_tiff(path) as tif:
+            fileid = FileId.of(path)
+            if not tif.series:
+                msg = f"{path} holds no image"
+                raise StackFormatError(msg)
+            series = tif.series[0]
+            page = series.keyframe
+            _check_page(page, path)
+            _check_segments(page, path)
+            shape = tuple(int(n) for n in series.shape)
+            nplanes = math.prod(shape[:-2])
+            seg_shape = _segment_shape(page)
+            if page.compression == 1 and not page.is_tiled and series.dataoffset is not None:
+                # contiguous raw planes: no need to parse every IFD of a huge file
+                plane_bytes = page.imagelength * page.imagewidth * np.dtype(page.dtype).itemsize
+                offsets = series.dataoffset + plane_bytes * np.arange(nplanes, dtype=np.int64)
+                offsets, counts = offsets[:, None], np.full((nplanes, 1), plane_bytes, np.int64)
+                seg_shape = (int(page.imagelength), int(page.imagewidth))
+                # the IFDs say how many bytes each strip holds: check what tifffile parsed
+                stored = [page] if series.kind in ("imagej", "shaped") else list(series.pages)
+                _check_stored_bytes(page, _tables(stored, path)[1], path)
+            else:
+                pages = list(series.pages)
+                if len(pages) != nplanes:
+                    msg = f"{path} is truncated or damaged: {len(pages)} pages for {nplanes} planes"
+                    raise CorruptDataError(msg)
+                offsets, counts = _tables(pages, path)
+                _check_stored_bytes(page, counts, path, offsets)
+            kind = "imagej" if tif.is_imagej else "ome" if tif.is_ome else series.kind or "generic"
+            layout = TiffLayout(
+                files=(fileid,),
+                plane_file=np.zeros(nplanes, dtype=np.int32),
+                offsets=offsets,
+                bytecounts=counts,
+                height=int(page.imagelength),
+                width=int(page.imagewidth),
+                dtype=np.dtype(page.dtype).newbyteorder(tif.byteorder),
+                compression=int(page.compression),
+                predictor=int(page.predictor),
+                segment_shape=seg_shape,
+                tiled=bool(page.is_tiled),
+                bigtiff=bool(tif.is_bigtiff),
+                kind=kind,
+            )
+            meta = _metadata.from_tifffile(tif, series)
+            declared = meta.pop("declared_planes", None)
+    except ZChunkError as exc:
+        damage = capture.damage()
+        if damage is None or isinstance(exc, CorruptDataError):
+            raise
+        # e.g. "holds no image" because the first IFD cannot be read: say why
+        msg = f"{path} is damaged: {damage}"
+        raise CorruptDataError(msg) from exc
+    except Exception as exc:  # tifffile parsing a damaged header can raise anything
+        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
+    finally:
+        logger.removeHandler(capture)
+    if declared is not None and declared > nplanes:
+        msg = f"{path} is truncated or damaged: its metadata declares {declared} planes, {nplanes} are readable"
+        raise CorruptDataError(msg)
+    damage = capture.damage()
+    if damage is not None:
+        msg = f"{path} is damaged: {damage}"
+        raise CorruptDataError(msg)
+    _check_extent(layout)
+    return TiffInfo(
+        layout=layout,
+        shape=shape,
+        axes=meta.pop("axes"),
+        scale=meta.pop("scale"),
+        units=meta.pop("units"),
+        channel_names=tuple(meta.pop("channel_names", ())),
+        metadata=meta,
+    )
+
+
+#: tifffile warnings about metadata zchunk does not use, or that do not change the pixels.
+_BENIGN = (
+    "coercing invalid ascii",
+    "<get_resolution>",
+    "gdal_nodata",
+    "geokey",
+    "geotiff",
+    "stk datetime",
+    "fluoview",
+    "nuvu",
+    "andor",
+    "epics",
+    "ndpi_tags",
+    "eer_xml",
+    "invalid self.subfiletype",
+    "not writing extratag",
+)
+
+
+def _is_damage(record: logging.LogRecord) -> bool:
+    """Whether a tifffile log record signals a damaged file.
+
+    Every error does; a warning does unless it is about metadata zchunk does not read.
+    """
+    if record.levelno >= logging.ERROR:
+        return True
+    message = record.getMessage().lower()
+    return not any(b in message for b in _BENIGN)
+
+
+def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
+    """Parse many TIFF files holding equally shaped pages into one TiffInfo.
+
+    Every file must have the same number of pages and the same page shape, dtype and
+    encoding; the first that differs is named in the error. One page per file gives a (z, y, x)
+    stack; k pages per file give (files, k, y, x).
+    """
+    first = parse_tiff(paths[0])
+    ref = _reference_signature(paths[0])
+    per_file = math.prod(first.shape[:-2])
+    files = [first.layout.files[0]]
+    offsets = [first.layout.offsets]
+    counts = [first.layout.bytecounts]
+    for path in paths[1:]:
+        off, cnt = _parse_sequence_file(path, paths[0], per_file, ref)
+        files.append(FileId.of(path))
+        offsets.append(off)
+        counts.append(cnt)
+    layout = first.layout
+    merged = TiffLayout(
+        files=tuple(files),
+        plane_file=np.repeat(np.arange(len(files), dtype=np.int32), per_file),
+        offsets=np.concatenate(offsets),
+        bytecounts=np.concatenate(counts),
+        height=layout.height,
+        width=layout.width,
+        dtype=layout.dtype,
+        compression=layout.compression,
+        predictor=layout.predictor,
+        segment_shape=layout.segment_shape,
+        tiled=layout.tiled,
+        bigtiff=layout.bigtiff,
+        kind="folder",
+    )
+    _check_extent(merged)
+    return TiffInfo(
+        layout=merged,
+        shape=(len(files), *first.shape),
+        axes=None,
+        scale=first.scale,
+        units=first.units,
+        channel_names=first.channel_names,
+        metadata=first.metadata,
+    )
+
+
+def _parse_sequence_file(
+    path: str, first: str, per_file: int, ref: tuple[Any, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check one more file of a sequence against the first; return its segment tables."""
+    try:
+        with strict(path), open_tiff(path) as tif:
+            pages = list(tif.pages)
+            if len(pages) != per_file or any(p is None for p in pages):
+                msg = (
+                    f"{path} has {len(pages)} page(s) where {first} has {per_file}: "
+                    "every file of a sequence must have as many"
+                )
+                raise StackFormatError(msg)
+            _check_page(pages[0], path)
+            _check_segments(pages[0], path)
+            sig = _page_signature(pages[0])
+            if sig[:2] != ref[:2]:
+                msg = (
+                    f"{path} holds {sig[1]} images of shape {sig[0]}, unlike {first} "
+                    f"({ref[1]}, {ref[0]}): every file of a sequence must match"
+                )
+                raise StackFormatError(msg)
+            if sig != ref:
+                msg = f"{path} is stored with another compression or layout than {first}"
+                raise StackFormatError(msg)
+            off, cnt = _tables(pages, path)
+            _check_stored_bytes(pages[0], cnt, path, off)
+            return off, cnt
+    except ZChunkError:
+        raise
+    except Exception as exc:  # a damaged header can make tifffile raise anything
+        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        raise CorruptDataError(msg) from exc
+
+
+def _reference_signature(path: str) -> tuple[Any, ...]:
+    with strict(path), open_tiff(path) as tif:
+        return _page_signature(tif.pages.first)
