@@ -243,8 +243,8 @@ def _fused(
     """Projections of a freshly opened TIFF stack, each task reading its own region.
 
     `streamed`: `methods` are `_Running` projections, fed plane by plane in tall bands.
-    Otherwise they are block reducers, fed by cache-sized bands of the planner's chunks. The
-    tasks return one result per method; each method's array picks its own from them.
+    Otherwise they are block reducers, fed each chunk of the plan in bands of `BAND_BYTES`.
+    The tasks return one result per method; each method's array picks its own from them.
     """
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -254,20 +254,22 @@ def _fused(
     reader = stack.attrs["read_region"]
     data = stack.data
     funcs = list(methods.values())  # a list: dask would run a tuple starting with a callable
+    func: Callable[..., tuple[np.ndarray, ...]]
+    extra: tuple[Any, ...]
     if streamed:
         out_chunks = _stream_chunks(stack, axis, methods, dtypes)
-        task: tuple[Any, ...] = (_project_planes, reader, None, funcs)
+        func, extra = _project_planes, (funcs,)
     else:
         out_chunks = data.chunks[:axis] + data.chunks[axis + 1 :]
         row_bytes = data.shape[axis] * max(data.chunks[-1]) * data.dtype.itemsize
-        task = (_project_bands, reader, None, funcs, max(1, BAND_BYTES // row_bytes))
+        func, extra = _project_bands, (funcs, max(1, BAND_BYTES // row_bytes))
     token = tokenize(data.name, axis, funcs, streamed)
     fused = f"zchunk-{'stream' if streamed else 'bands'}-{token}"
     dsk: dict[tuple[Any, ...], Any] = {}
     for index, slices in block_slices(out_chunks):
         region = (*slices[:axis], slice(0, data.shape[axis]), *slices[axis:])
         shape = tuple(s.stop - s.start for s in slices)
-        dsk[(fused, *index)] = (task[0], reader, region, *task[3:], shape)
+        dsk[(fused, *index)] = (func, reader, region, *extra, shape)
     results: dict[str, da.Array] = {}
     for k, method in enumerate(methods):  # every method's array shares the reading tasks
         key = f"zchunk-{method}-{token}"
