@@ -152,6 +152,17 @@ class Stack:
         """Return a copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
+    def from_reader(self, key: str) -> Any:
+        """Return the reader's hook ``attrs[key]`` while `data` is still the reader's own array.
+
+        ``zchunk.open`` leaves hooks in `attrs` (``"reopen"``, ``"read_region"``) that let
+        operations read the file their own way; once the data are derived from the reader's
+        array (any dask operation), they no longer describe it and this returns None.
+        """
+        if self.attrs.get("read_name") != self.data.name:
+            return None
+        return self.attrs.get(key)
+
     def drop_axis(self, letter: str, data: da.Array) -> Stack:
         """Return a Stack holding `data`, which is this stack with axis `letter` reduced away."""
         i = self.axis(letter)

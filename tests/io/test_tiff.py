@@ -12,9 +12,6 @@ from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite, write_tiff_sequence
 
 SHAPE = (9, 45, 61)  # odd sizes: bands and tiles do not divide them
 
-LAYOUTS = TIFF_LAYOUTS
-_write = imwrite
-
 
 def _assert_full_z(stack, axis="z"):
     i = stack.axes.index(axis)
@@ -22,10 +19,10 @@ def _assert_full_z(stack, axis="z"):
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", list(TIFF_LAYOUTS))
 def test_layouts_equal_tifffile(tmp_path, layout, dtype):
     data = blobs(SHAPE, dtype, seed=3)
-    path = _write(tmp_path / "s.tif", data, **LAYOUTS[layout])
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS[layout])
     s = zchunk.open(path, memory_limit="60KB")  # small budget: several bands
     assert s.axes == "zyx"
     assert s.dtype == np.dtype(dtype)
@@ -37,7 +34,7 @@ def test_layouts_equal_tifffile(tmp_path, layout, dtype):
 
 def test_tiled_budget_splits_x(tmp_path):
     data = blobs((20, 64, 256), "uint16", seed=1)
-    path = _write(tmp_path / "t.tif", data, tile=(16, 32), compression="zlib")
+    path = imwrite(tmp_path / "t.tif", data, tile=(16, 32), compression="zlib")
     s = zchunk.open(path, memory_limit="200KB")
     assert s.data.numblocks[2] > 1
     assert all(c % 32 == 0 for c in s.data.chunks[2][:-1])
@@ -51,7 +48,7 @@ def test_tiled_budget_splits_x(tmp_path):
 )
 def test_imagej_hyperstacks_keep_axes(tmp_path, axes, shape):
     data = blobs(shape, "uint16", seed=2)
-    path = _write(
+    path = imwrite(
         tmp_path / "h.tif",
         data,
         imagej=True,
@@ -79,7 +76,7 @@ def test_imagej_hyperstacks_keep_axes(tmp_path, axes, shape):
 
 def test_ome_tiff(tmp_path):
     data = blobs((2, 3, 6, 30, 40), "uint16", seed=4)
-    path = _write(
+    path = imwrite(
         tmp_path / "s.ome.tif",
         data,
         metadata={
@@ -105,7 +102,7 @@ def test_ome_tiff(tmp_path):
 
 def test_plain_4d_defaults_to_tzyx_and_axes_override(tmp_path):
     data = blobs((2, 4, 20, 30), "uint8")
-    path = _write(tmp_path / "s.tif", data)
+    path = imwrite(tmp_path / "s.tif", data)
     s = zchunk.open(path)
     assert s.axes == "tzyx"
     assert s.scale == (None,) * 4  # unknown stays unknown
@@ -155,8 +152,8 @@ def test_folder_mismatch_names_first_odd_file(tmp_path):
 
 def test_processes_scheduler(tmp_path):
     data = blobs((6, 40, 50), "uint16")
-    raw = _write(tmp_path / "raw.tif", data)
-    comp = _write(tmp_path / "c.tif", data, compression="zstd", rowsperstrip=8)
+    raw = imwrite(tmp_path / "raw.tif", data)
+    comp = imwrite(tmp_path / "c.tif", data, compression="zstd", rowsperstrip=8)
     for path in (raw, comp):
         s = zchunk.open(path, memory_limit="30KB")
         with dask.config.set(scheduler="processes", num_workers=2):
@@ -167,7 +164,7 @@ def test_processes_scheduler(tmp_path):
 @pytest.mark.parametrize("layout", ["contiguous", "striped-raw"])
 def test_band_reads_only_its_bytes(tmp_path, layout):
     data = blobs((8, 100, 64), "uint16")
-    path = _write(tmp_path / "s.tif", data, **LAYOUTS[layout])
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS[layout])
     s = zchunk.open(path, memory_limit="50KB")
     assert s.data.numblocks[1] >= 3
     band = s.data.blocks[0, 1, 0]
@@ -180,7 +177,7 @@ def test_band_reads_only_its_bytes(tmp_path, layout):
 
 def test_compressed_pass_decodes_each_segment_once(tmp_path):
     data = blobs((8, 100, 64), "uint16")
-    path = _write(tmp_path / "s.tif", data, compression="zlib", rowsperstrip=8)
+    path = imwrite(tmp_path / "s.tif", data, compression="zlib", rowsperstrip=8)
     s = zchunk.open(path, memory_limit="40KB")
     assert s.data.numblocks[1] >= 3
     _tiff.READ_STATS.reset()
@@ -230,7 +227,7 @@ def test_not_a_tiff(tmp_path):
 
 
 def test_truncated_uncompressed(tmp_path):
-    path = _write(tmp_path / "s.tif", blobs((6, 40, 50), "uint16"))
+    path = imwrite(tmp_path / "s.tif", blobs((6, 40, 50), "uint16"))
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size - 1000)
@@ -239,7 +236,7 @@ def test_truncated_uncompressed(tmp_path):
 
 
 def test_truncated_imagej_uncompressed(tmp_path):
-    path = _write(tmp_path / "s.tif", blobs((6, 40, 50), "uint16"), imagej=True)
+    path = imwrite(tmp_path / "s.tif", blobs((6, 40, 50), "uint16"), imagej=True)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(CorruptDataError, match="truncated"):
@@ -248,7 +245,7 @@ def test_truncated_imagej_uncompressed(tmp_path):
 
 def test_truncated_compressed_imagej_declares_more_pages(tmp_path):
     data = blobs((10, 40, 50), "uint16")
-    path = _write(tmp_path / "s.tif", data, imagej=True, compression="zlib")
+    path = imwrite(tmp_path / "s.tif", data, imagej=True, compression="zlib")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(CorruptDataError, match=r"truncated|damaged"):
@@ -256,7 +253,7 @@ def test_truncated_compressed_imagej_declares_more_pages(tmp_path):
 
 
 def test_truncated_compressed_plain(tmp_path):
-    path = _write(tmp_path / "s.tif", blobs((10, 40, 50), "uint16"), compression="zlib")
+    path = imwrite(tmp_path / "s.tif", blobs((10, 40, 50), "uint16"), compression="zlib")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 300)
     with pytest.raises(CorruptDataError):
@@ -264,7 +261,7 @@ def test_truncated_compressed_plain(tmp_path):
 
 
 def test_input_changed_between_open_and_compute(tmp_path):
-    path = _write(tmp_path / "s.tif", blobs((4, 20, 20), "uint16"))
+    path = imwrite(tmp_path / "s.tif", blobs((4, 20, 20), "uint16"))
     s = zchunk.open(path)
     with open(path, "ab") as f:
         f.write(b"\0" * 16)
@@ -273,6 +270,6 @@ def test_input_changed_between_open_and_compute(tmp_path):
 
 
 def test_rgb_is_refused(tmp_path):
-    path = _write(tmp_path / "rgb.tif", np.zeros((20, 20, 3), dtype=np.uint8), photometric="rgb")
+    path = imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), dtype=np.uint8), photometric="rgb")
     with pytest.raises(StackFormatError, match="RGB"):
         zchunk.open(path)

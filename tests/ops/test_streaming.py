@@ -139,7 +139,10 @@ def test_not_streamed_when_derived_or_not_tiff(tmp_path):
     data = blobs((5, 20, 20), "uint16", seed=9)
     path = imwrite(tmp_path / "s.tif", data)
     s = zchunk.open(path)
-    assert not _streamed(project(zchunk.Stack(s.data * 2, axes="zyx"), "max").data)
+    derived = zchunk.Stack(s.data * 2, axes="zyx", attrs=s.attrs)  # the reader's hooks kept
+    assert s.from_reader("read_region") is not None
+    assert derived.from_reader("read_region") is None
+    assert not _streamed(project(derived, "max").data)
     assert not _streamed(project(zchunk.open(data), "max").data)
     assert not _streamed(project_many(s, ["max", "median"])["max"].data)  # one read for both
 

@@ -351,8 +351,8 @@ def _whole_z(stack: Stack, name: str) -> Stack:
     i = stack.axis("z")
     if stack.data.numblocks[i] == 1:
         return stack
-    reopen = stack.attrs.get("reopen")
-    if reopen is not None and stack.attrs.get("read_name") == stack.data.name:
+    reopen = stack.from_reader("reopen")
+    if reopen is not None:
         fresh: Stack = reopen(whole="z")
         return fresh
     msg = (
@@ -556,8 +556,8 @@ def filter(
     )
 
     result_dtype = out_dtype if out_dtype is not None else work
-    reader = stack.attrs.get("read_region")
-    if reader is not None and stack.attrs.get("read_name") == stack.data.name:
+    reader = stack.from_reader("read_region")
+    if reader is not None:
         # straight from the file: each task reads its chunk with the halo and filters it
         filtered = _filter_regions(reader, stack.data, spec, axes, result_dtype, name)
     else:

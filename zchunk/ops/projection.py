@@ -357,8 +357,8 @@ def _whole_along(stack: Stack, axis: str) -> Stack:
     i = stack.axis(axis)
     if stack.data.numblocks[i] == 1:
         return stack
-    reopen = stack.attrs.get("reopen")
-    if reopen is not None and stack.attrs.get("read_name") == stack.data.name:
+    reopen = stack.from_reader("reopen")
+    if reopen is not None:
         fresh: Stack = reopen(whole=axis)
         return fresh
     msg = (
@@ -470,9 +470,8 @@ def project_many(
     dtypes = {m: _output_dtype(f, stack.dtype, stack.data.ndim, i) for m, f in reducers.items()}
     running = {m: _running(m, like, stack.dtype, out_dtype) for m in methods}
     # a stack straight from a reader that streams (TIFF), not derived from another
-    streams = hasattr(stack.attrs.get("read_region"), "planes")
     fused: dict[str, da.Array] = {}
-    if streams and stack.attrs.get("read_name") == stack.data.name:
+    if hasattr(stack.from_reader("read_region"), "planes"):
         if all(r is not None for r in running.values()):
             fused = _fused(stack, i, running, dtypes, streamed=True)
         else:
