@@ -34,11 +34,10 @@ def info(stack: Stack, /) -> dict[str, Any]:
     (5, 9, 8, [5, 4, 9])
     """
     sizes = stack.sizes
-    plan = dict(stack.attrs.get("plan", {}))
+    plan = stack.plan
     chunks = [max(c) if c else 0 for c in stack.data.chunks]
     tasks = math.prod(len(c) for c in stack.data.chunks)
     chunk_bytes = math.prod(chunks) * stack.dtype.itemsize
-    estimate = plan.get("memory_estimate_bytes")
     return {
         "name": stack.name,
         "source": stack.attrs.get("source"),
@@ -59,11 +58,11 @@ def info(stack: Stack, /) -> dict[str, Any]:
         "chunks": chunks,
         "tasks": tasks,
         "chunk_bytes": chunk_bytes,
-        "memory_limit_bytes": plan.get("memory_limit_bytes"),
-        "memory_estimate_bytes": estimate if estimate is not None else 3 * chunk_bytes,
-        "workers": plan.get("workers"),
-        "plan_fits_budget": plan.get("fits", True),
-        "plan_note": plan.get("note", ""),
+        "memory_limit_bytes": plan.budget if plan else None,
+        "memory_estimate_bytes": plan.memory_estimate if plan else 3 * chunk_bytes,
+        "workers": plan.workers if plan else None,
+        "plan_fits_budget": plan.fits if plan else True,
+        "plan_note": plan.note if plan else "",
     }
 
 

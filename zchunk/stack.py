@@ -14,6 +14,9 @@ from zchunk.errors import StackFormatError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from zchunk._source import Source
+    from zchunk.chunking import ChunkPlan
+
 __all__ = ["AXIS_ORDER", "Stack", "normalize_unit"]
 
 #: Axis letters zchunk knows, in the canonical order of OME-Zarr.
@@ -86,7 +89,14 @@ class Stack:
     name : str
         A short label (the file name), used in messages and metadata.
     attrs : Mapping
-        Free-form metadata: ``channel_names``, ``source``, ``layout``...
+        Metadata that could be written as JSON: ``channel_names``, ``source``, ``layout``...
+    plan : ChunkPlan or None
+        The chunk plan ``zchunk.open`` made (budget, workers, memory estimate); kept by
+        operations, shown by ``zchunk.info``.
+    source : Source or None
+        The storage `data` was opened from, for operations that read it directly (see
+        :mod:`zchunk._source`). It describes that array only: a Stack whose `data` is another
+        array (any dask operation on it) drops it. Not compared, not shown in the repr.
 
     Examples
     --------
@@ -101,6 +111,8 @@ class Stack:
     units: tuple[str | None, ...] = ()
     name: str = ""
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    plan: ChunkPlan | None = field(default=None, compare=False, repr=False)
+    source: Source | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         data = self.data
@@ -110,6 +122,8 @@ class Stack:
         if not isinstance(data, da.Array):
             msg = f"Stack.data must be a dask or numpy array, not {type(data).__name__}"
             raise TypeError(msg)
+        if self.source is not None and self.source.name != data.name:
+            object.__setattr__(self, "source", None)  # derived data: the source is not its own
         axes = self.axes or default_axes(data.ndim)
         if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(AXIS_ORDER):
             msg = (
@@ -123,7 +137,7 @@ class Stack:
         for value in self.scale:
             if value is not None and not (np.isfinite(value) and value > 0):
                 msg = f"scale must hold positive finite pixel sizes or None, got {self.scale}"
-                raise ValueError(msg)
+                raise StackFormatError(msg)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -152,17 +166,6 @@ class Stack:
         """Return a copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
-    def from_reader(self, key: str) -> Any:
-        """Return the reader's hook ``attrs[key]`` while `data` is still the reader's own array.
-
-        ``zchunk.open`` leaves hooks in `attrs` (``"reopen"``, ``"read_region"``) that let
-        operations read the file their own way; once the data are derived from the reader's
-        array (any dask operation), they no longer describe it and this returns None.
-        """
-        if self.attrs.get("read_name") != self.data.name:
-            return None
-        return self.attrs.get(key)
-
     def drop_axis(self, letter: str, data: da.Array) -> Stack:
         """Return a Stack holding `data`, which is this stack with axis `letter` reduced away."""
         i = self.axis(letter)
@@ -174,6 +177,7 @@ class Stack:
             units=tuple(self.units[j] for j in keep),
             name=self.name,
             attrs=dict(self.attrs),
+            plan=self.plan,
         )
 
 
@@ -191,5 +195,5 @@ def _per_axis(values: tuple[Any, ...], ndim: int, what: str) -> tuple[Any, ...]:
         return (None,) * ndim
     if len(values) != ndim:
         msg = f"{what} has {len(values)} entries for {ndim} axes: give one per axis or ()"
-        raise ValueError(msg)
+        raise StackFormatError(msg)
     return values

@@ -131,7 +131,7 @@ def test_bands_are_taller_than_chunks_and_within_budget(tmp_path):
     assert max(out.chunks[0]) > 4 * max(s.data.chunks[1])
     assert len(out.chunks[0]) >= 2
     plane_bytes = max(out.chunks[0]) * 512 * 2
-    assert plane_bytes * 2 * s.attrs["plan"]["workers"] * 3 <= 4 * 2**20  # buffer + running max
+    assert plane_bytes * 2 * s.plan.workers * 3 <= 4 * 2**20  # buffer + running max
     np.testing.assert_array_equal(out.compute(), data.max(axis=0))
 
 
@@ -139,9 +139,9 @@ def test_not_streamed_when_derived_or_not_tiff(tmp_path):
     data = blobs((5, 20, 20), "uint16", seed=9)
     path = imwrite(tmp_path / "s.tif", data)
     s = zchunk.open(path)
-    derived = zchunk.Stack(s.data * 2, axes="zyx", attrs=s.attrs)  # the reader's hooks kept
-    assert s.from_reader("read_region") is not None
-    assert derived.from_reader("read_region") is None
+    derived = zchunk.Stack(s.data * 2, axes="zyx", attrs=s.attrs, source=s.source)
+    assert s.source is not None
+    assert derived.source is None  # the source describes the array it opened only
     assert not _streamed(project(derived, "max").data)
     assert not _streamed(project(zchunk.open(data), "max").data)
     assert not _streamed(project_many(s, ["max", "median"])["max"].data)  # one read for both
@@ -188,7 +188,7 @@ def test_prefetch_probes_until_the_first_uncached_range(tmp_path, monkeypatch):
     data = blobs((6, 40, 30), "uint16", seed=11)
     path = imwrite(tmp_path / "s.tif", data)
     s = zchunk.open(path)
-    reader = s.attrs["read_region"]
+    reader = s.source.reader
     spec = _tiff.block_reader(reader.layout, reader.lead_shape)(
         (slice(0, 6), slice(0, 40), slice(0, 30))
     )

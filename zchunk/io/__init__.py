@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import glob
 import os
 import re
@@ -15,16 +14,17 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from zchunk._graph import from_tasks, grid
 from zchunk._partial import incomplete_reason, partial_path
 from zchunk.chunking import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
 from zchunk.errors import IncompleteOutputError, SourceNotFoundError, StackFormatError
 from zchunk.io import _tiff, _zarr
-from zchunk.io._blocks import blocks_array
+from zchunk.io._source import OpenArgs, OpenedSource
 from zchunk.io._tiff_parse import parse_tiff, parse_tiff_files
 from zchunk.stack import Stack, default_axes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from zchunk._types import MemoryLike, SourceLike
 
@@ -160,22 +160,23 @@ def _calibration(
     return tuple(scale.get(a) for a in axes), tuple(units.get(a) for a in axes)
 
 
-def _plan_info(plan: ChunkPlan) -> dict[str, Any]:
-    return {
-        "chunks": list(plan.chunks),
-        "tasks": plan.tasks,
-        "chunk_bytes": plan.chunk_bytes,
-        "memory_estimate_bytes": plan.memory_estimate,
-        "memory_limit_bytes": plan.budget,
-        "workers": plan.workers,
-        "fits": plan.fits,
-        "note": plan.note,
-    }
+def _read_tasks(
+    make_spec: Callable[[tuple[slice, ...]], _tiff.BlockSpec], dtype: np.dtype[Any]
+) -> Callable[[tuple[slice, ...]], tuple[Any, ...]]:
+    """Return the task reading the block at `slices` (zeros for an empty block)."""
+
+    def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
+        shape = tuple(s.stop - s.start for s in slices)
+        if 0 in shape:
+            return (np.zeros, shape, dtype)
+        return (_tiff.read_block, make_spec(slices))
+
+    return task
 
 
 def _open_tiff(
     kind: str, paths: list[str], axes: str | None, memory_limit: MemoryLike, whole: str
-) -> Stack:
+) -> tuple[Stack, Any]:
     info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
     layout = info.layout
     shape = info.shape
@@ -195,14 +196,11 @@ def _open_tiff(
             else 0
         ),
     )
-    token = repr((layout.files, shape))
-    data = blocks_array(
-        _tiff.read_block,
-        _tiff.block_reader(layout, shape[:-2]),
-        shape,
-        plan.chunks,
-        layout.dtype.newbyteorder("="),
-        token=token,
+    chunks = grid(shape, plan.chunks)
+    dtype = layout.dtype.newbyteorder("=")
+    name = "zchunk-read-" + tokenize(repr((layout.files, shape)), chunks, dtype.str)
+    data = from_tasks(
+        name, chunks, dtype, _read_tasks(_tiff.block_reader(layout, shape[:-2]), dtype)
     )
     scale, units = _calibration(ax, info.scale, info.units)
     name = Path(paths[0]).name if kind == "file" else Path(paths[0]).parent.name or paths[0]
@@ -216,17 +214,16 @@ def _open_tiff(
             "source": paths[0] if kind == "file" else os.path.dirname(paths[0]) or ".",
             "source_paths": tuple(os.path.abspath(p) for p in paths),
             "layout": layout.describe(),
-            "plan": _plan_info(plan),
             "channel_names": info.channel_names,
             "tiff_metadata": info.metadata,
-            "read_region": _tiff.RegionReader(layout, shape[:-2]),
         },
-    )
+        plan=plan,
+    ), _tiff.RegionReader(layout, shape[:-2])
 
 
 def _open_zarr(
     path: str, axes: str | None, memory_limit: MemoryLike, whole: str, allow_incomplete: bool
-) -> Stack:
+) -> tuple[Stack, Any]:
     info = _zarr.parse_zarr(path, allow_incomplete=allow_incomplete)
     array = info.array
     shape = tuple(int(n) for n in array.shape)
@@ -261,16 +258,15 @@ def _open_zarr(
             "source": path,
             "source_paths": (os.path.abspath(path),),
             "layout": info.layout,
-            "plan": _plan_info(plan),
             "channel_names": info.channel_names,
-            "read_region": checked,  # checked[slices] reads a region, halo included
         },
-    )
+        plan=plan,
+    ), checked  # checked[slices] reads a region, halo included
 
 
 def _open_array(
     array: np.ndarray | da.Array, axes: str | None, memory_limit: MemoryLike, whole: str
-) -> Stack:
+) -> tuple[Stack, Any]:
     if np.dtype(array.dtype).kind not in "uif":
         msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
         raise StackFormatError(msg)
@@ -283,8 +279,8 @@ def _open_array(
     else:
         data = da.from_array(array, chunks=plan.chunks)
     return Stack(
-        data, axes=ax, name="array", attrs={"plan": _plan_info(plan), "layout": {"format": "array"}}
-    )
+        data, axes=ax, name="array", attrs={"layout": {"format": "array"}}, plan=plan
+    ), None
 
 
 def open(
@@ -351,7 +347,7 @@ def open(
     ('zyx', (4, 32, 32), (4,))
     """
     if isinstance(source, (np.ndarray, da.Array)):
-        stack = _open_array(source, axes, memory_limit, whole)
+        stack, reader = _open_array(source, axes, memory_limit, whole)
     else:
         kind, paths = _list_sources(source)
         reason = incomplete_reason(paths[0]) if kind in ("zarr", "file") else None
@@ -362,25 +358,17 @@ def open(
             )
             raise IncompleteOutputError(msg)
         if kind == "zarr":
-            stack = _open_zarr(paths[0], axes, memory_limit, whole, allow_incomplete)
+            stack, reader = _open_zarr(paths[0], axes, memory_limit, whole, allow_incomplete)
         else:
             bad = [p for p in paths if _zarr.is_zarr(p)]
             if bad:
                 msg = f"{bad[0]} is a zarr store: open it on its own"
                 raise StackFormatError(msg)
-            stack = _open_tiff(kind, paths, axes, memory_limit, whole)
+            stack, reader = _open_tiff(kind, paths, axes, memory_limit, whole)
     if scale:
         stack = _calibrate(stack, scale)
-    # how to read the same source with another axis held whole (projections along t)
-    reopen = functools.partial(
-        open,
-        source,
-        axes=axes,
-        memory_limit=memory_limit,
-        allow_incomplete=allow_incomplete,
-        scale=scale,
-    )
-    return stack.replace(attrs={**stack.attrs, "reopen": reopen, "read_name": stack.data.name})
+    args = OpenArgs(source, axes, memory_limit, allow_incomplete, scale)
+    return stack.replace(source=OpenedSource(stack.data.name, args, reader))
 
 
 def _calibrate(stack: Stack, scale: dict[str, float]) -> Stack:

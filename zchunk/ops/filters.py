@@ -62,6 +62,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from zchunk._graph import from_tasks
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops.projection import cast_rounded
 
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import DTypeLike
 
+    from zchunk._source import Source
     from zchunk.stack import Stack
 
 __all__ = ["FILTERS", "MODES", "filter"]
@@ -351,10 +353,8 @@ def _whole_z(stack: Stack, name: str) -> Stack:
     i = stack.axis("z")
     if stack.data.numblocks[i] == 1:
         return stack
-    reopen = stack.from_reader("reopen")
-    if reopen is not None:
-        fresh: Stack = reopen(whole="z")
-        return fresh
+    if stack.source is not None:
+        return stack.source.reopen(whole="z")
     msg = (
         f"z is split into {stack.data.numblocks[i]} chunks but a 3-D {name} needs the whole z "
         f"axis in every chunk: open the stack with zchunk.open(...) (whole z, the default), "
@@ -397,15 +397,15 @@ def _filter_overlap(
 
 
 def _filter_region(
-    reader: Any, region: tuple[slice, ...], trim: tuple[slice, ...], spec: _Spec
+    source: Source, region: tuple[slice, ...], trim: tuple[slice, ...], spec: _Spec
 ) -> np.ndarray:
     """Read `region` (a chunk and its halo), filter it, and keep the chunk."""
-    out: np.ndarray = _filter_block(np.asarray(reader[region]), spec=spec)[trim]
+    out: np.ndarray = _filter_block(source.read(region), spec=spec)[trim]
     return np.ascontiguousarray(out)
 
 
 def _filter_regions(
-    reader: Any,
+    source: Source,
     data: da.Array,
     spec: _Spec,
     axes: tuple[int, ...],
@@ -420,15 +420,11 @@ def _filter_regions(
     the whole array.
     """
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
-    from zchunk.io._blocks import block_slices
 
     shape = data.shape
     radius = {i: _radius(spec, i) for i in axes}
-    key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
-    dsk: dict[tuple[Any, ...], Any] = {}
-    for index, slices in block_slices(data.chunks):
+
+    def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
         region = tuple(
             slice(max(0, s.start - radius.get(i, 0)), min(shape[i], s.stop + radius.get(i, 0)))
             for i, s in enumerate(slices)
@@ -436,9 +432,10 @@ def _filter_regions(
         trim = tuple(
             slice(s.start - r.start, s.stop - r.start) for s, r in zip(slices, region, strict=True)
         )
-        dsk[(key, *index)] = (_filter_region, reader, region, trim, spec)
-    graph = HighLevelGraph.from_collections(key, dsk, dependencies=())  # type: ignore[arg-type]
-    return da.Array(graph, key, data.chunks, dtype=dtype)
+        return (_filter_region, source, region, trim, spec)
+
+    key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
+    return from_tasks(key, data.chunks, dtype, task)
 
 
 def filter(
@@ -556,10 +553,9 @@ def filter(
     )
 
     result_dtype = out_dtype if out_dtype is not None else work
-    reader = stack.from_reader("read_region")
-    if reader is not None:
+    if stack.source is not None and stack.source.reads_regions:
         # straight from the file: each task reads its chunk with the halo and filters it
-        filtered = _filter_regions(reader, stack.data, spec, axes, result_dtype, name)
+        filtered = _filter_regions(stack.source, stack.data, spec, axes, result_dtype, name)
     else:
         filtered = _filter_overlap(stack.data, spec, axes, result_dtype, name)
 
@@ -573,6 +569,5 @@ def filter(
         described["cval"] = cval
     if "truncate" in spec_entry.extras:
         described["truncate"] = truncate
-    attrs = {k: v for k, v in stack.attrs.items() if k not in ("reopen", "read_name")}
-    attrs["filter"] = described
+    attrs = {**stack.attrs, "filter": described}
     return stack.replace(data=filtered, name=f"{name}-{stack.name}", attrs=attrs)

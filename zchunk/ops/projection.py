@@ -32,13 +32,13 @@ two middle values for an even count, rounded half up to 8-bit for 8-bit input.
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import dask.array as da
 import numpy as np
 
+from zchunk._graph import split_outputs, task_layer
 from zchunk.chunking import plan_stream_rows
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops import _kernels
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import DTypeLike
 
+    from zchunk._source import Source
     from zchunk.stack import Stack
 
 __all__ = ["METHODS", "cast_rounded", "project", "project_many"]
@@ -174,12 +175,12 @@ def _running(
 
 
 def _project_planes(
-    reader: Any, region: tuple[slice, ...], running: Sequence[_Running], shape: tuple[int, ...]
+    source: Source, region: tuple[slice, ...], running: Sequence[_Running], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, ...]:
     """Stream `region`'s planes through the running projections; return their results."""
     accs: list[np.ndarray] = []
     n = 0
-    for plane in reader.planes(region):
+    for plane in source.planes(region):
         if n == 0:
             accs = [r.start(plane) for r in running]
         else:
@@ -190,11 +191,11 @@ def _project_planes(
 
 
 def _project_bands(
-    reader: Any, region: tuple[slice, ...], reducers: Sequence[Any], rows: int, shape: Any
+    source: Source, region: tuple[slice, ...], reducers: Sequence[Any], rows: int, shape: Any
 ) -> tuple[np.ndarray, ...]:
     """Read `region` band by band (all of z, a few rows) and reduce each band as it comes."""
     parts: list[list[np.ndarray]] = [[] for _ in reducers]
-    for band in reader.bands(region, rows):
+    for band in source.bands(region, rows):
         for reduce, part in zip(reducers, parts, strict=True):
             part.append(reduce(band, axis=0))
     return tuple(np.concatenate(part, axis=0).reshape(shape) for part in parts)
@@ -211,7 +212,9 @@ def _stream_chunks(
     stack: Stack, axis: int, running: dict[str, _Running], dtypes: dict[str, np.dtype[Any]]
 ) -> tuple[tuple[int, ...], ...]:
     """Output chunks of plane-by-plane projections: tall bands (see `plan_stream_rows`)."""
-    plan = stack.attrs["plan"]
+    plan, source = stack.plan, stack.source
+    assert plan is not None  # checked by the caller
+    assert source is not None
     data = stack.data
     lead = [n for i, n in enumerate(data.shape[:-2]) if i != axis]
     cols = max(data.chunks[-1])
@@ -220,10 +223,10 @@ def _stream_chunks(
         data.shape[-2],
         plane_row_bytes=cols * data.dtype.itemsize,
         state_row_bytes=cols * state,
-        budget=plan["memory_limit_bytes"],
-        workers=plan["workers"],
+        budget=plan.budget,
+        workers=plan.workers,
         lead_tasks=int(np.prod(lead)) * len(data.chunks[-1]),
-        y_align=stack.attrs["read_region"].row_align,
+        y_align=source.row_align,
     )
     height = data.shape[-2]
     return (
@@ -247,11 +250,8 @@ def _fused(
     The tasks return one result per method; each method's array picks its own from them.
     """
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
-    from zchunk.io._blocks import block_slices
-
-    reader = stack.attrs["read_region"]
+    source = stack.source
     data = stack.data
     funcs = list(methods.values())  # a list: dask would run a tuple starting with a callable
     func: Callable[..., tuple[np.ndarray, ...]]
@@ -263,21 +263,16 @@ def _fused(
         out_chunks = data.chunks[:axis] + data.chunks[axis + 1 :]
         row_bytes = data.shape[axis] * max(data.chunks[-1]) * data.dtype.itemsize
         func, extra = _project_bands, (funcs, max(1, BAND_BYTES // row_bytes))
+
+    def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
+        region = (*slices[:axis], slice(0, data.shape[axis]), *slices[axis:])
+        return (func, source, region, *extra, tuple(s.stop - s.start for s in slices))
+
     token = tokenize(data.name, axis, funcs, streamed)
     fused = f"zchunk-{'stream' if streamed else 'bands'}-{token}"
-    dsk: dict[tuple[Any, ...], Any] = {}
-    for index, slices in block_slices(out_chunks):
-        region = (*slices[:axis], slice(0, data.shape[axis]), *slices[axis:])
-        shape = tuple(s.stop - s.start for s in slices)
-        dsk[(fused, *index)] = (func, reader, region, *extra, shape)
-    results: dict[str, da.Array] = {}
-    for k, method in enumerate(methods):  # every method's array shares the reading tasks
-        key = f"zchunk-{method}-{token}"
-        pick = {(key, *i[1:]): (operator.getitem, i, k) for i in dsk}
-        layers = {fused: dsk, key: pick}
-        graph = HighLevelGraph(layers, {fused: set(), key: {fused}})  # type: ignore[arg-type]
-        results[method] = da.Array(graph, key, out_chunks, dtype=dtypes[method])
-    return results
+    layer = task_layer(fused, out_chunks, task)
+    outputs = [(f"zchunk-{m}-{token}", dtypes[m]) for m in methods]
+    return dict(zip(methods, split_outputs(fused, layer, out_chunks, outputs), strict=True))
 
 
 # public API ---------------------------------------------------------------------------------
@@ -357,10 +352,8 @@ def _whole_along(stack: Stack, axis: str) -> Stack:
     i = stack.axis(axis)
     if stack.data.numblocks[i] == 1:
         return stack
-    reopen = stack.from_reader("reopen")
-    if reopen is not None:
-        fresh: Stack = reopen(whole=axis)
-        return fresh
+    if stack.source is not None:
+        return stack.source.reopen(whole=axis)
     msg = (
         f"axis {axis!r} is split into {stack.data.numblocks[i]} chunks; open the stack with "
         f"zchunk.open(..., whole={axis!r}) so every chunk holds the whole {axis} axis"
@@ -471,7 +464,7 @@ def project_many(
     running = {m: _running(m, like, stack.dtype, out_dtype) for m in methods}
     # a stack straight from a reader that streams (TIFF), not derived from another
     fused: dict[str, da.Array] = {}
-    if hasattr(stack.from_reader("read_region"), "planes"):
+    if stack.source is not None and stack.source.streams and stack.plan is not None:
         if all(r is not None for r in running.values()):
             fused = _fused(stack, i, running, dtypes, streamed=True)
         else:
@@ -490,7 +483,7 @@ def project_many(
                 token=f"zchunk-{method}",
             )
         projected = stack.drop_axis(axis, data)
-        attrs = {k: v for k, v in projected.attrs.items() if k not in ("reopen", "read_name")}
+        attrs = dict(projected.attrs)
         attrs["projection"] = {"method": method, "axis": axis, "like": like, "q": q}
         results[method] = projected.replace(name=f"{method}-{stack.name}", attrs=attrs)
     return results

@@ -1,0 +1,98 @@
+"""The :class:`zchunk._source.Source` that ``zchunk.open`` puts on the stacks it opens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from zchunk.io._tiff import RegionReader
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from zchunk._types import MemoryLike, SourceLike
+    from zchunk.stack import Stack
+
+__all__ = ["OpenArgs", "OpenedSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenArgs:
+    """What ``zchunk.open`` was called with, but the axes held whole: enough to open it again."""
+
+    source: SourceLike
+    axes: str | None
+    memory_limit: MemoryLike
+    allow_incomplete: bool
+    scale: dict[str, float] | None
+
+    def open(self, whole: str) -> Stack:
+        """Open the input again with `whole` held whole in every chunk."""
+        from zchunk.io import open
+
+        return open(
+            self.source,
+            axes=self.axes,
+            memory_limit=self.memory_limit,
+            whole=whole,
+            allow_incomplete=self.allow_incomplete,
+            scale=self.scale,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSource:
+    """A file (TIFF or zarr) or array opened by ``zchunk.open``; see the Source protocol.
+
+    `reader` reads regions of a file within a task (``reader[region]``): a
+    :class:`~zchunk.io._tiff.RegionReader`, which also streams, or a zarr array; None for an
+    array in memory, which tasks should not carry.
+    """
+
+    name: str
+    args: OpenArgs
+    reader: Any = None
+
+    @property
+    def reads_regions(self) -> bool:
+        """Whether :meth:`read` reads from a file (worth doing inside a task)."""
+        return self.reader is not None
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`planes` and :meth:`bands` read in file order without chunks."""
+        return isinstance(self.reader, RegionReader)
+
+    @property
+    def row_align(self) -> int:
+        """Band heights that decode no stored segment twice."""
+        return self.reader.row_align if isinstance(self.reader, RegionReader) else 1
+
+    def read(self, region: tuple[slice, ...], /) -> np.ndarray:
+        """Return the pixels of `region`."""
+        source: Any = self.reader if self.reader is not None else self.args.source
+        return np.asarray(source[region])
+
+    def planes(self, region: tuple[slice, ...], /) -> Iterator[np.ndarray]:
+        """Yield the (rows, columns) planes of `region` in file order."""
+        if isinstance(self.reader, RegionReader):
+            return self.reader.planes(region)
+        block = self.read(region)
+        return iter(block.reshape(-1, *block.shape[-2:]))
+
+    def bands(self, region: tuple[slice, ...], rows: int, /) -> Iterator[np.ndarray]:
+        """Yield `region` in bands of `rows` rows (rounded up to :attr:`row_align`)."""
+        if isinstance(self.reader, RegionReader):
+            return self.reader.bands(region, rows)
+        ys = region[-2]
+        step = max(rows, 1)
+        return (
+            self.read((*region[:-2], slice(a, min(a + step, ys.stop)), region[-1]))
+            for a in range(ys.start, ys.stop, step)
+        )
+
+    def reopen(self, *, whole: str) -> Stack:
+        """Open the same input again with the axes `whole` held whole in every chunk."""
+        return self.args.open(whole)
