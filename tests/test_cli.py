@@ -130,6 +130,29 @@ def test_project_existing_output_needs_overwrite(zstack, tmp_path, capsys):
     assert tifffile.imread(out).shape == (40, 36)
 
 
+@pytest.mark.parametrize("name", ["out.zarr", "x.tif"])
+def test_one_method_writes_to_out_even_where_a_folder_is(zstack, tmp_path, capsys, name):
+    # one -m: OUT is the output, never a folder to write <method>.tif into
+    import zarr
+
+    path, data = zstack
+    out = tmp_path / name
+    if name.endswith(".zarr"):
+        assert main(["project", path, "-m", "max", "-o", str(out), "--quiet"]) == 0
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("old")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["project", path, "-m", "min", "-o", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert main(["project", path, "-m", "min", "-o", str(out), "--overwrite"]) == 0
+    assert f"min: {out}\n" in capsys.readouterr().out
+    got = zarr.open_array(str(out), mode="r")[:] if name.endswith(".zarr") else tifffile.imread(out)
+    np.testing.assert_array_equal(got, data.min(axis=0))
+    assert sorted(os.listdir(tmp_path)) == sorted([name, "stack.tif"])
+
+
 def test_project_never_writes_over_input(zstack, capsys):
     path, _ = zstack
     before = Path(path).read_bytes()

@@ -80,17 +80,26 @@ def result_name(method: str, q: float | None) -> str:
 def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[str, str], bool]:
     """Where each result goes: `out` itself for one result named with a suffix, else a folder.
 
+    One result and an output suffix (``.tif``, ``.zarr``...) means `out` is the output, even
+    when a folder of that name exists (it is then replaced with ``--overwrite``, or refused).
     Returns the paths by name and whether `out` is a folder of results.
+
+    Examples
+    --------
+    >>> output_paths("a.zarr", ["max"], None)
+    ({'max': 'a.zarr'}, False)
+    >>> output_paths("res", ["max", "min"], None)[0]["min"]
+    'res/min.tif'
     """
     from zchunk.sinks import SUFFIXES
 
     if fmt is not None and fmt not in FORMATS:
         msg = f"format {fmt!r} is not one of {', '.join(FORMATS)}"
         raise ValueError(msg)
-    is_file = out.lower().endswith(SUFFIXES) and not os.path.isdir(out)
-    if len(names) == 1 and is_file:
+    named = out.lower().endswith(SUFFIXES)
+    if len(names) == 1 and named:
         return {names[0]: out}, False
-    if is_file:
+    if named and not os.path.isdir(out):
         msg = (
             f"{len(names)} results need a folder for -o, not the file name {out!r}: "
             "each result is written as <method>.tif inside it"

@@ -333,3 +333,30 @@ def test_source_paths_may_be_a_single_string(tmp_path):
     stack = stack.replace(attrs={"source_paths": os.fspath(source)})
     with pytest.raises(OutputExistsError, match="would overwrite the input"):
         save(stack, source, overwrite=True)
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.tif", "out.ome.zarr"])
+def test_failed_commit_of_a_folder_overwrite_rolls_back(tmp_path, monkeypatch, name):
+    # the old output is moved aside, not deleted, until the new one is in place: when moving
+    # the new one in fails, the old one comes back whole
+    stack, a = make_stack()
+    old = tmp_path / name
+    old.mkdir()
+    (old / "precious").write_text("old results")
+    rename = os.rename
+    partial = f".{name}.zchunk-partial"
+
+    def failing_rename(src, dst):
+        if os.path.basename(os.fspath(src)) == partial and os.fspath(dst) == os.fspath(old):
+            raise OSError(5, "Input/output error")
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="Input/output"):
+        save(stack, old, overwrite=True)
+    monkeypatch.undo()
+    assert (old / "precious").read_text() == "old results"
+    assert not [p for p in tmp_path.iterdir() if "zchunk-old" in p.name]
+    save(stack, old, overwrite=True, resume=True)  # and the next run replaces it
+    np.testing.assert_array_equal(read_back(old), a)
+    assert not (old / "precious").exists()
