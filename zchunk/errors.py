@@ -15,6 +15,7 @@ __all__ = [
     "InputChangedError",
     "OptionError",
     "OutputExistsError",
+    "OutputInUseError",
     "PartialOutputError",
     "ResumeMismatchError",
     "SourceNotFoundError",
@@ -61,6 +62,10 @@ class OutputExistsError(ZChunkError, FileExistsError):
 
 class PartialOutputError(OutputExistsError):
     """An interrupted run left a partial output: continue it (``resume``) or ``overwrite`` it."""
+
+
+class OutputInUseError(ZChunkError, RuntimeError):
+    """Another run is writing the same output (its lock file names the host, pid and time)."""
 
 
 class ResumeMismatchError(ZChunkError, ValueError):

@@ -18,6 +18,7 @@ import dask.array as da
 
 from zchunk.errors import OptionError
 from zchunk.sinks._atomic import prepare_output
+from zchunk.sinks._lock import output_lock
 from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
 from zchunk.sinks._zarr import (
     check_writable,
@@ -86,6 +87,19 @@ def save_many(
         check_writable(stack)
         finals[key] = prepare_output(paths[key], stack.attrs, overwrite=overwrite)
     options: dict[str, Any] = {"overwrite": overwrite, "compression": compression, "resume": resume}
+    with contextlib.ExitStack() as locks:
+        for final in finals.values():  # every output is ours before anything is written
+            locks.enter_context(output_lock(final))
+        return _save_all(stacks, finals, save, options)
+
+
+def _save_all(
+    stacks: Mapping[str, Stack],
+    finals: Mapping[str, Path],
+    save: Callable[..., Path],
+    options: dict[str, Any],
+) -> dict[str, Path]:
+    resume, overwrite = options["resume"], options["overwrite"]
     if len(stacks) == 1:
         ((key, stack),) = stacks.items()
         return {key: save(stack, finals[key], **options)}

@@ -45,11 +45,13 @@ from zchunk._version import __version__
 from zchunk.chunking import format_bytes
 from zchunk.errors import (
     DiskSpaceError,
+    OutputExistsError,
     PartialOutputError,
     ResumeMismatchError,
     ZChunkError,
 )
 from zchunk.sinks._atomic import GuardedTarget, _commit, abandon, remove_path
+from zchunk.sinks._lock import output_lock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -391,6 +393,9 @@ def _begin(
     nbytes: int,
     compressed: bool,
 ) -> PartialWrite:
+    if os.path.lexists(final) and not overwrite:  # finished while we waited for the lock
+        msg = f"the output {os.fspath(final)!r} already exists: pass overwrite=True / --overwrite"
+        raise OutputExistsError(msg)
     partial = partial_path(final)
     record = record_path(partial, folder=folder)
     chunks = _chunks(settings)
@@ -516,35 +521,42 @@ def resumable_output(
     ``resume=True``, and a note saying so is added to the exception. Any other error (damaged
     input, input changed, a bug) deletes it: nothing is left behind.
     """
-    job = _begin(
-        final,
-        settings,
-        folder=folder,
-        resume=resume,
-        overwrite=overwrite,
-        nbytes=nbytes,
-        compressed=compressed,
-    )
-    try:
-        yield job
-    except BaseException as exc:
-        if not _keeps_partial(exc):
-            job.discard()
-            raise
-        note = (
-            f"the partial output {os.fspath(job.partial)!r} was kept: run again with "
-            "resume=True / --resume to continue it"
+    with output_lock(final):
+        job = _begin(
+            final,
+            settings,
+            folder=folder,
+            resume=resume,
+            overwrite=overwrite,
+            nbytes=nbytes,
+            compressed=compressed,
         )
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            if isinstance(exc, DiskSpaceError):
-                raise
-            msg = (
-                f"the disk filled up while writing {os.fspath(final)!r} ({exc.strerror}); "
-                f"{note}, after freeing some space"
-            )
-            raise _disk_space_error(msg) from exc
-        exc.add_note(f"zchunk: {note}")
-        raise
+        try:
+            yield job
+        except BaseException as exc:
+            _keep_or_discard(job, exc)
+            raise
+
+
+def _keep_or_discard(job: PartialWrite, exc: BaseException) -> None:
+    """Discard the partial output after `exc`, or keep it and say how to resume (in `exc`)."""
+    final = job.final
+    if not _keeps_partial(exc):
+        job.discard()
+        return
+    note = (
+        f"the partial output {os.fspath(job.partial)!r} was kept: run again with "
+        "resume=True / --resume to continue it"
+    )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, DiskSpaceError):
+            return
+        msg = (
+            f"the disk filled up while writing {os.fspath(final)!r} ({exc.strerror}); "
+            f"{note}, after freeing some space"
+        )
+        raise _disk_space_error(msg) from exc
+    exc.add_note(f"zchunk: {note}")
 
 
 # writing the missing blocks -------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""One run per output: an exclusive lock next to the output, held for the whole run.
+
+Two runs writing the same output would mix their blocks into one partial output (or one would
+discard the partial output the other is writing). So every write first takes
+``.<name>.zchunk-lock`` next to the output: a file locked with ``flock`` and holding the host,
+pid and start time of its owner. The kernel releases the lock when the process dies, however
+it dies (``kill -9`` included), so a lock is never stale on a local file system; the file
+itself stays and is reused. A second run on the same output, whatever its options, is refused
+with a one-line error naming the owner.
+
+On a shared file system (NFS), ``flock`` is forwarded to the server (Linux NFS clients map it
+onto POSIX locks), so it holds across machines. Where locking is not supported at all (some
+FUSE file systems), the lock file's contents alone are the lock: a run whose owner is on this
+host and no longer alive is taken over, and one on another host is refused; if that run is
+gone (a crashed machine), delete the lock file named in the message.
+
+The lock is reentrant within a thread (``save_many`` locks all its outputs, then writes each
+with ``save``, which locks it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from zchunk.errors import OutputInUseError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+__all__ = ["LOCK_SUFFIX", "lock_path", "output_lock"]
+
+#: Suffix of the lock file of an output (after a leading dot and the output's name).
+LOCK_SUFFIX = ".zchunk-lock"
+
+_GUARD = threading.Lock()
+#: Locks this process holds: lock file -> [file descriptor, depth, owning thread].
+_HELD: dict[str, list[int]] = {}
+
+
+def lock_path(final: Path) -> Path:
+    """Return the lock file of output `final`: ``.<name>.zchunk-lock`` next to it.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> lock_path(Path("res/max.tif")).as_posix()
+    'res/.max.tif.zchunk-lock'
+    """
+    return final.with_name(f".{final.name}{LOCK_SUFFIX}")
+
+
+def _holder_text() -> bytes:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}
+    return json.dumps(holder).encode()
+
+
+def _read_holder(fd: int) -> dict[str, object]:
+    with contextlib.suppress(OSError, ValueError):
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+        if isinstance(holder, dict):
+            return holder
+    return {}
+
+
+def _in_use(final: Path, lock: Path, holder: dict[str, object]) -> OutputInUseError:
+    who = (
+        f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+        if holder
+        else "another run that is starting"
+    )
+    msg = (
+        f"the output {os.fspath(final)!r} is in use by {who}: wait for that run to end "
+        f"(if it is gone, e.g. its machine crashed, delete {os.fspath(lock)!r})"
+    )
+    return OutputInUseError(msg)
+
+
+def _alive_here(holder: dict[str, object]) -> bool:
+    """Whether `holder` may still run: on another host (unknown), or a live pid here."""
+    if holder.get("host") != socket.gethostname():
+        return bool(holder)
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire(final: Path, lock: Path) -> int:
+    """Open, lock and sign the lock file of `final`; return its descriptor."""
+    for _ in range(100):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _in_use(final, lock, _read_holder(fd)) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # no locks on this file system: the contents are the lock
+                holder = _read_holder(fd)
+                if holder.get("pid") != os.getpid() and _alive_here(holder):
+                    raise _in_use(final, lock, holder) from None
+            # the previous owner may have deleted the file between our open and our lock
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+            if current is None or not os.path.samestat(current, os.fstat(fd)):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text(), 0)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return fd
+    msg = f"could not take the lock {os.fspath(lock)!r}: it keeps being replaced"
+    raise OutputInUseError(msg)
+
+
+@contextlib.contextmanager
+def output_lock(final: Path) -> Iterator[None]:
+    """Hold the lock of output `final` for the body; refuse if another run holds it.
+
+    Raises
+    ------
+    OutputInUseError
+        If another process (or another thread of this one) is writing `final`.
+    """
+    lock = lock_path(final)
+    key = os.fspath(lock)
+    me = threading.get_ident()
+    with _GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            if held[2] != me:
+                msg = f"the output {os.fspath(final)!r} is being written by another thread"
+                raise OutputInUseError(msg)
+            held[1] += 1
+    if held is not None:
+        try:
+            yield
+        finally:
+            with _GUARD:
+                held[1] -= 1
+        return
+    fd = _acquire(final, lock)
+    with _GUARD:
+        _HELD[key] = [fd, 1, me]
+    try:
+        yield
+    finally:
+        with _GUARD:
+            del _HELD[key]
+        # delete while still holding it; a run that opened the file meanwhile sees it gone
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
