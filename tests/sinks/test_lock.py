@@ -59,10 +59,13 @@ def test_second_run_on_the_same_output_is_refused(src, tmp_path):
         _wait_for(out.with_name(".o.zarr.zchunk-partial") / ".zchunk-record" / "blocks", first)
         first.send_signal(signal.SIGSTOP)
         partial = _tree(out.with_name(".o.zarr.zchunk-partial"))
-        for extra in (["--sigma", "3", "--overwrite"], ["--sigma", "1", "--resume"], ["--sigma", "1"]):
-            second = subprocess.run(
-                _cli(src, *ARGS, *extra, "-o", out), capture_output=True, text=True, timeout=60
-            )
+        for extra in (
+            ["--sigma", "3", "--overwrite"],
+            ["--sigma", "1", "--resume"],
+            ["--sigma", "1"],
+        ):
+            argv = _cli(src, *ARGS, *extra, "-o", out)
+            second = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
             assert second.returncode == 2, second.stderr
             lines = second.stderr.strip().splitlines()
             assert len(lines) == 1, second.stderr
@@ -115,9 +118,9 @@ def test_without_flock_the_lock_file_is_the_lock(tmp_path, monkeypatch):
     ]:
         lock_path(out).write_text(json.dumps(holder))
         if refused:
-            with pytest.raises(OutputInUseError, match=f"in use by pid {holder['pid']} on"):
-                with output_lock(out):
-                    pass
+            match = f"in use by pid {holder['pid']} on"
+            with pytest.raises(OutputInUseError, match=match), output_lock(out):
+                pass
         else:
             with output_lock(out):
                 assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
