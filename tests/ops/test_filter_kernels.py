@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from zchunk.ops import _filter_kernels as K
+from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
+from zchunk.ops.projection import cast_rounded
+
+MODES = ["reflect", "mirror", "nearest", "constant"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", [1, 2, 3, 7])  # lines shorter than the kernel: periodic extension
+@pytest.mark.parametrize("taps", [1, 2, 4, 17])
+def test_passes_are_scipys_correlate1d(mode, n, taps, rng):
+    w = rng.normal(size=taps).astype(np.float32)
+    a = rng.normal(size=(n, 9)).astype(np.float32)
+    w64 = w.astype(np.float64)
+    code = K.MODE_CODES[mode]
+    out = np.empty_like(a)
+    K.correlate_y(a, w, taps // 2, code, 1.5, out)
+    ref = ndimage.correlate1d(a.astype(np.float64), w64, axis=0, mode=mode, cval=1.5)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    t = np.ascontiguousarray(a.T)
+    out = np.empty_like(t)
+    K.correlate_x(t, w, taps // 2, code, 1.5, out)
+    ref = ndimage.correlate1d(t.astype(np.float64), w64, axis=1, mode=mode, cval=1.5)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_yx_pass_is_y_then_x(rng):
+    a = rng.normal(size=(13, 21)).astype(np.float32)
+    wy, wx = np.float32([1, -2, 1]), np.float32(gaussian_weights(1.5, 0, 4))
+    out = np.empty_like(a)
+    K.correlate_yx(a, wy, 1, wx, len(wx) // 2, K.MODE_CODES["mirror"], 0.0, out)
+    ref = ndimage.correlate1d(
+        ndimage.correlate1d(a.astype(float), wy, 0, mode="mirror"), wx, 1, mode="mirror"
+    )
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(("sigma", "order"), [(0.7, 0), (2.0, 0), (1.5, 1), (3.0, 2)])
+def test_gaussian_weights_are_scipys(sigma, order):
+    impulse = np.zeros(41)
+    impulse[20] = 1
+    ref = ndimage.gaussian_filter1d(impulse, sigma, order=order, mode="constant")
+    w = np.array(gaussian_weights(sigma, order, 4.0))
+    r = len(w) // 2
+    # correlating an impulse gives the weights reversed
+    np.testing.assert_allclose(ref[20 - r : 21 + r][::-1], w, atol=1e-15)
+
+
+def test_store_rounded_is_cast_rounded():
+    a = np.concatenate([np.arange(-10, 10, 0.25), [np.nan, np.inf, -np.inf, 1e9, -1e9]])
+    a = np.concatenate([a, [65535.5, 65534.5, 255.5, 2.5, 3.5, -0.5]]).astype(np.float32)
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        out = np.empty((1, a.size), dtype)
+        K.store_rounded(a[None], 0, 0, float(info.min), float(info.max), out)
+        np.testing.assert_array_equal(out[0], cast_rounded(a, dtype))
+
+
+@pytest.mark.parametrize("nz", [1, 2, 5, 6, 11, 23])  # group edges, z thinner than the kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_ring_along_z_is_a_correlation_along_z(nz, mode, rng):
+    a = rng.integers(0, 1000, (nz, 6, 5)).astype(np.uint16)
+    w = gaussian_weights(2.0, 1, 4.0)  # a derivative: odd weights, a zero in the middle
+    sep = Separable(((Pass("z", w), Pass("y", (1.0, 2.0, 1.0))),), "sum", mode, 7.0)
+    got = np.empty(a.shape, np.float32)
+    order = []
+    for k, plane in PlaneFilter(sep, nz, (6, 5), a.dtype).run(iter(a)):
+        got[k] = plane
+        order.append(k)
+    assert order == list(range(nz))
+    ref = ndimage.correlate1d(a.astype(float), w, 0, mode=mode, cval=7.0)
+    ref = ndimage.correlate1d(ref, [1, 2, 1], 1, mode=mode, cval=7.0)
+    np.testing.assert_allclose(got, ref, atol=1e-5 * 1000)
+
+
+def test_plane_filter_emits_plane_k_once_plane_k_plus_r_arrived(rng):
+    a = rng.integers(0, 10, (12, 3, 4)).astype(np.uint8)
+    sep = Separable(((Pass("z", gaussian_weights(1.0, 0, 2.0)),),), "sum", "reflect", 0.0)
+    arrived = []
+
+    def planes():
+        for i, p in enumerate(a):
+            arrived.append(i)
+            yield p
+
+    for k, _ in PlaneFilter(sep, 12, (3, 4), a.dtype).run(planes()):
+        assert arrived[-1] <= min(k + 2 + 3, 11)  # radius 2, groups of 4
+        assert arrived[-1] >= min(k + 2, 11)
+
+
+def test_plane_filter_refuses_a_short_stream():
+    sep = Separable(((Pass("y", (1.0, 2.0, 1.0)),),), "sum", "reflect", 0.0)
+    with pytest.raises(ValueError, match="expected 3 planes, got 2"):
+        list(PlaneFilter(sep, 3, (2, 2), np.dtype(np.uint8)).run(iter(np.zeros((2, 2, 2)))))
