@@ -123,6 +123,7 @@ class TiffLayout:
     tiled: bool
     bigtiff: bool
     kind: str  # imagej, ome, shaped, generic, folder
+    jpegtables: bytes | None = None  # JPEGTables shared by every page (JPEG compression)
 
     @property
     def compressed(self) -> bool:
@@ -142,10 +143,13 @@ class TiffLayout:
     def describe(self) -> dict[str, Any]:
         """Layout facts for ``zchunk info``."""
         name = tifffile.COMPRESSION(self.compression).name.lower()
+        names = {"file_names": [os.path.basename(f.path) for f in self.files]}
         return {
             "format": "tiff",
             "kind": self.kind,
             "files": len(self.files),
+            # the files of a dataset (multi-file OME-TIFF); a folder's are the folder's
+            **(names if len(self.files) > 1 and self.kind != "folder" else {}),
             "compression": "none" if self.compression == 1 else name,
             "predictor": self.predictor,
             "tiled": self.tiled,
@@ -185,6 +189,7 @@ class TiffLayout:
             segment_shape=self.segment_shape,
             decoder_file=self.files[0],
             shape=shape,
+            jpegtables=self.jpegtables,
         )
 
 
@@ -207,6 +212,7 @@ class BlockSpec:
     segment_shape: tuple[int, int]
     decoder_file: FileId
     shape: tuple[int, ...]  # block shape
+    jpegtables: bytes | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,6 +459,8 @@ def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
     sh, sw = spec.segment_shape
     per_row = math.ceil(spec.width / sw) if spec.tiled else 1
     decode = _decoder(spec.decoder_file)
+    # JPEG: the tables shared by the pages (tifffile passes them the same way)
+    extra = {} if spec.jpegtables is None else {"jpegtables": spec.jpegtables}
     offsets, counts = spec.offsets[p], spec.bytecounts[p]
     for first, stop in _runs(offsets, counts):
         size = int(offsets[stop - 1] + counts[stop - 1] - offsets[first])
@@ -465,7 +473,7 @@ def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
             a = int(offsets[k] - offsets[first])
             data = bytes(raw[a : a + int(counts[k])]) if counts[k] else None
             try:
-                array, _, _ = decode(data, seg)
+                array, _, _ = decode(data, seg, **extra)
             except Exception as exc:
                 msg = f"{path}: cannot decode segment {seg} of plane {p} ({exc})"
                 raise CorruptDataError(msg) from exc

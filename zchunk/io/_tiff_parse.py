@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 
-from zchunk.errors import CorruptDataError, StackFormatError, ZChunkError
+from zchunk.errors import CorruptDataError, SourceNotFoundError, StackFormatError, ZChunkError
 from zchunk.io._tiff import FileId, TiffLayout
 
 if TYPE_CHECKING:
@@ -103,9 +105,18 @@ def _check_page(page: Any, path: str) -> None:
         )
         raise StackFormatError(msg)
     if page.samplesperpixel > 1 or page.imagedepth > 1:
+        n = int(page.samplesperpixel)
+        what = (
+            "RGB"
+            if int(page.photometric) in (2, 6) and n >= 3
+            else f"{'grey' if int(page.photometric) in (0, 1) else 'samples'} with "
+            f"{n - 1} extra sample(s), e.g. alpha"
+        )
         msg = (
-            f"{path}: pages with {page.samplesperpixel} samples per pixel (RGB) are not supported; "
-            "split the channels into separate planes first"
+            f"{path}: pages with {n} samples per pixel ({what}) are not supported; "
+            "split the samples into separate planes first"
+            if n > 1
+            else f"{path}: volumetric pages (image depth {page.imagedepth}) are not supported"
         )
         raise StackFormatError(msg)
     if np.dtype(page.dtype).kind not in "uif":
@@ -207,6 +218,63 @@ def _check_extent(layout: TiffLayout) -> None:
             raise CorruptDataError(msg)
 
 
+def _check_ome_files(tif: Any, path: str) -> None:
+    """Raise SourceNotFoundError if a file the OME-XML puts planes in is missing.
+
+    A multi-file OME-TIFF (Bio-Formats' ``%t``/``%z`` patterns, Micro-Manager's ``_1.ome.tif``
+    parts) names the file of every plane in its ``TiffData/UUID FileName`` attributes;
+    tifffile reads a missing file's planes as zeros, with only a log message.
+    """
+    names = set(re.findall(r'<UUID[^>]*?FileName="([^"]+)"', tif.ome_metadata or ""))
+    folder = os.path.dirname(os.path.abspath(path))
+    for name in sorted(names):
+        if not os.path.isfile(os.path.join(folder, name)):
+            msg = (
+                f"{os.path.join(folder, name)} does not exist, but the OME-XML of {path} puts "
+                "planes of its image there: a multi-file OME-TIFF needs all its files, "
+                "side by side"
+            )
+            raise SourceNotFoundError(msg)
+
+
+def _plane_files(pages: Sequence[Any], path: str) -> tuple[np.ndarray, tuple[FileId, ...]]:
+    """Return the file of every page (index into the files, in order of first use).
+
+    Pages of a multi-file OME-TIFF series live in the files its OME-XML names; tifffile's
+    series resolves them. Every file must store its pages as the first file does.
+    """
+    names = [os.path.abspath(p.parent.filehandle.path) for p in pages]
+    files = list(dict.fromkeys(names))
+    if len(files) > 1:
+        ref = _page_signature(pages[0].parent.pages.first)
+        for page in pages:
+            first = page.parent.pages.first
+            if _page_signature(first) != ref:
+                msg = (
+                    f"{page.parent.filehandle.path} stores its planes unlike {path} (shape, "
+                    "dtype or compression): the files of one OME-TIFF image must match"
+                )
+                raise StackFormatError(msg)
+    index = {name: i for i, name in enumerate(files)}
+    plane_file = np.array([index[n] for n in names], dtype=np.int32)
+    return plane_file, tuple(FileId.of(f) for f in files)
+
+
+def _jpeg_tables(pages: Sequence[Any], path: str) -> bytes | None:
+    """The JPEGTables shared by every page (JPEG compression), or None."""
+    if pages[0].compression not in (6, 7):
+        return None
+    tables = {p.jpegtables for p in pages}
+    if len(tables) > 1:
+        msg = (
+            f"{path}: its JPEG-compressed pages use different JPEG tables, which zchunk does "
+            "not read; convert it losslessly first (tiffcp -c zip IN OUT)"
+        )
+        raise StackFormatError(msg)
+    table: bytes | None = tables.pop()
+    return table
+
+
 @dataclass(frozen=True, slots=True)
 class TiffInfo:
     """A parsed TIFF source: layout, shape, axes (or None when unknown) and calibration."""
@@ -220,8 +288,14 @@ class TiffInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_tiff(path: str) -> TiffInfo:
-    """Parse the header of one (multi-page) TIFF file into a TiffInfo."""
+def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
+    """Parse the header of one (multi-page) TIFF file into a TiffInfo.
+
+    A multi-file OME-TIFF is read whole from any of its files (every file must exist). With
+    `sequence`, the file is one of a sequence of files: its own pages are the truth, and a
+    description that declares the whole stack's planes (ImageMagick copies it into every
+    file it splits a stack into) is not a sign of damage.
+    """
     from zchunk.io import _metadata
 
     capture = _TiffLogCapture()
@@ -230,6 +304,11 @@ def parse_tiff(path: str) -> TiffInfo:
     try:
         with open_tiff(path) as tif:
             fileid = FileId.of(path)
+            files: tuple[FileId, ...] = (fileid,)
+            plane_file = None
+            jpegtables = None
+            if tif.is_ome:
+                _check_ome_files(tif, path)
             if not tif.series:
                 msg = f"{path} holds no image"
                 raise StackFormatError(msg)
@@ -256,10 +335,12 @@ def parse_tiff(path: str) -> TiffInfo:
                     raise CorruptDataError(msg)
                 offsets, counts = _tables(pages, path)
                 _check_stored_bytes(page, counts, path, offsets)
+                plane_file, files = _plane_files(pages, path)
+                jpegtables = _jpeg_tables(pages, path)
             kind = "imagej" if tif.is_imagej else "ome" if tif.is_ome else series.kind or "generic"
             layout = TiffLayout(
-                files=(fileid,),
-                plane_file=np.zeros(nplanes, dtype=np.int32),
+                files=files,
+                plane_file=np.zeros(nplanes, dtype=np.int32) if plane_file is None else plane_file,
                 offsets=offsets,
                 bytecounts=counts,
                 height=int(page.imagelength),
@@ -271,11 +352,12 @@ def parse_tiff(path: str) -> TiffInfo:
                 tiled=bool(page.is_tiled),
                 bigtiff=bool(tif.is_bigtiff),
                 kind=kind,
+                jpegtables=jpegtables,
             )
             meta = _metadata.from_tifffile(tif, series)
             declared = meta.pop("declared_planes", None)
     except ZChunkError as exc:
-        damage = capture.damage()
+        damage = None if sequence else capture.damage()
         if damage is None or isinstance(exc, CorruptDataError):
             raise
         # e.g. "holds no image" because the first IFD cannot be read: say why
@@ -286,8 +368,16 @@ def parse_tiff(path: str) -> TiffInfo:
         raise CorruptDataError(msg) from exc
     finally:
         logger.removeHandler(capture)
+    if sequence:  # ImageJ's or tifffile's description of the whole stack, in one of its files
+        declared = None
+        capture.records = [r for r in capture.records if "series metadata" not in r.getMessage()]
     if declared is not None and declared > nplanes:
-        msg = f"{path} is truncated or damaged: its metadata declares {declared} planes, {nplanes} are readable"
+        msg = (
+            f"{path} is truncated or damaged: its metadata declares {declared} planes, "
+            f"{nplanes} are readable"
+        )
+        if nplanes == 1:
+            msg += " (if it is one file of a sequence, open the folder or a glob of its files)"
         raise CorruptDataError(msg)
     damage = capture.damage()
     if damage is not None:
@@ -342,14 +432,23 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
     encoding; the first that differs is named in the error. One page per file gives a (z, y, x)
     stack; k pages per file give (files, k, y, x).
     """
-    first = parse_tiff(paths[0])
+    first = parse_tiff(paths[0], sequence=True)
+    if len(first.layout.files) > 1:  # a multi-file OME-TIFF: its own files make the stack
+        mine = {f.path for f in first.layout.files}
+        if mine == {os.path.abspath(p) for p in paths}:
+            return first
+        msg = (
+            f"{paths[0]} is part of a multi-file OME-TIFF of {len(mine)} files, but "
+            f"{len(paths)} files were given: open one file of the dataset, or give exactly its files"
+        )
+        raise StackFormatError(msg)
     ref = _reference_signature(paths[0])
     per_file = math.prod(first.shape[:-2])
     files = [first.layout.files[0]]
     offsets = [first.layout.offsets]
     counts = [first.layout.bytecounts]
     for path in paths[1:]:
-        off, cnt = _parse_sequence_file(path, paths[0], per_file, ref)
+        off, cnt = _parse_sequence_file(path, paths[0], per_file, ref, first.layout.jpegtables)
         files.append(FileId.of(path))
         offsets.append(off)
         counts.append(cnt)
@@ -368,6 +467,7 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
         tiled=layout.tiled,
         bigtiff=layout.bigtiff,
         kind="folder",
+        jpegtables=layout.jpegtables,
     )
     _check_extent(merged)
     return TiffInfo(
@@ -382,7 +482,7 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
 
 
 def _parse_sequence_file(
-    path: str, first: str, per_file: int, ref: tuple[Any, ...]
+    path: str, first: str, per_file: int, ref: tuple[Any, ...], jpegtables: bytes | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check one more file of a sequence against the first; return its segment tables."""
     try:
@@ -405,6 +505,9 @@ def _parse_sequence_file(
                 raise StackFormatError(msg)
             if sig != ref:
                 msg = f"{path} is stored with another compression or layout than {first}"
+                raise StackFormatError(msg)
+            if _jpeg_tables(pages, path) != jpegtables:
+                msg = f"{path} uses other JPEG tables than {first}: convert it losslessly first"
                 raise StackFormatError(msg)
             off, cnt = _tables(pages, path)
             _check_stored_bytes(pages[0], cnt, path, off)
