@@ -216,3 +216,36 @@ def test_other_units_keep_the_physical_size(tmp_path, out_name):
         assert back.units[0] == "second"  # ImageJ's frame interval is in seconds
     else:
         assert back.units == stack.units
+
+
+DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"]
+
+
+@pytest.mark.parametrize("axes", ["zyx", "cyx", "tyx", "czyx", "tcyx", "tzyx", "tzcyx"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_name", OUTPUTS)
+def test_every_output_reopens_with_its_axes(tmp_path, out_name, dtype, axes):
+    # a plain shaped TIFF (float64, int32...) carries {"axes": "TCYX"} like ImageJ and OME do
+    shape = {"t": 2, "c": 3, "z": 4, "y": 6, "x": 5}
+    a = np.arange(np.prod([shape[x] for x in axes])).reshape([shape[x] for x in axes])
+    stack = Stack(da.from_array(a.astype(dtype)), axes=axes)
+    back = zchunk.open(zchunk.save(stack, tmp_path / out_name))
+    assert back.axes == out_axes(axes, out_name)
+    assert_same_pixels(back, stack)
+
+
+@pytest.mark.parametrize("axes", ["CZYX", "TCYX", "ZCYX"])
+def test_tifffile_shaped_axes_are_read(tmp_path, axes):
+    a = blobs((2, 3, 16, 12), np.uint16, seed=4)
+    tifffile.imwrite(tmp_path / "s.tif", a, metadata={"axes": axes}, photometric="minisblack")
+    assert zchunk.open(tmp_path / "s.tif").axes == axes.lower()
+
+
+def test_median_of_a_hyperstack_is_not_projected_across_channels(tmp_path):
+    # the issue's reproduction: median.tif (float64, a shaped TIFF) reopened as tzyx
+    stack = zchunk.open(write_imagej(tmp_path))
+    out = zchunk.save(zchunk.project(stack, "median"), tmp_path / "median.tif")
+    back = zchunk.open(out)
+    assert back.axes == "tcyx"
+    with pytest.raises(zchunk.errors.StackFormatError, match="axis 'z'"):
+        zchunk.project(back, "max")

@@ -150,5 +150,7 @@ def from_tifffile(tif: Any, series: Any) -> dict[str, Any]:
         meta = _ome(tif)
     else:
         meta = _plain(series)
-    meta["axes"] = tifffile_axes(series.axes) if (tif.is_imagej or tif.is_ome) else None
+    # tifffile's series knows the axes of every kind it writes or reads: ImageJ, OME and
+    # shaped ({"axes": "CZYX"}); unknown letters (I, Q: tifffile's "some axis") give None
+    meta["axes"] = tifffile_axes(series.axes)
     return meta
