@@ -293,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
         "--like",
         choices=["numpy", "imagej"],
         default="numpy",
-        help="numpy's dtypes (default) or ImageJ 1.53 Z Project, bit for bit",
+        help="numpy's dtypes (default) or ImageJ 1.54 Z Project, bit for bit",
     )
     p.add_argument("--dtype", default=None, help="cast results, rounded and clipped (e.g. uint16)")
     p.add_argument(

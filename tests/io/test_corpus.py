@@ -91,3 +91,41 @@ def test_two_sample_file_is_not_called_rgb():
     with pytest.raises(StackFormatError, match="2 samples per pixel") as info:
         zchunk.open(CORPUS / "imagemagick" / "grey_alpha.tif")
     assert "RGB" not in str(info.value)
+
+
+IJ_METHODS = ["max", "min", "mean", "sum", "std", "median"]
+
+
+@pytest.mark.parametrize("method", IJ_METHODS)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_like_imagej_equals_imagej_z_project(dtype, method):
+    # ImageJ 1.53t's own results; its 32-bit Average drops the last slice (fixed in 1.54)
+    s = zchunk.open(CORPUS / "imagej" / f"stack_{dtype}.tif")
+    stack = s.data.compute()
+    got = zchunk.project(s, method, like="imagej").data.compute()
+    ref = tifffile.imread(CORPUS / "imagej" / f"zproject_{method}_{dtype}.tif")
+    if dtype == "float32" and method == "mean":
+        ref = imagej_154_float_average(stack)
+        with np.errstate(invalid="ignore"):  # 1.53t: the same, without the last slice
+            assert not np.array_equal(ref, imagej_154_float_average(stack[:-1]), equal_nan=True)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
+def imagej_154_float_average(a):
+    """ZProjector.doAverageFloatProjection of ImageJ 1.54: sum and count the non-NaN values."""
+    total = np.zeros(a.shape[1:], np.float64)
+    count = np.zeros(a.shape[1:], np.int64)
+    for plane in a:
+        for (y, x), v in np.ndenumerate(plane):
+            if not np.isnan(v):
+                total[y, x] += float(v)
+                count[y, x] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / count).astype(np.float32)
+
+
+def test_imagej_float_stack_has_nan_in_most_columns():
+    a = tifffile.imread(CORPUS / "imagej" / "stack_float32.tif")
+    assert np.isnan(a).any(axis=0).mean() > 0.2
+    assert np.isnan(a).all(axis=0).any()

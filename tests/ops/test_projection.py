@@ -108,7 +108,7 @@ def test_project_many_reads_each_chunk_once(tmp_path):
     np.testing.assert_allclose(results[2], a.mean(axis=0), rtol=1e-12)
 
 
-# ImageJ semantics: reference written from ImageJ 1.53's ZProjector, pixel by pixel -----------
+# ImageJ semantics: reference written from ImageJ 1.54's ZProjector, pixel by pixel -----------
 
 
 def _ij_round(v):
@@ -123,10 +123,16 @@ def _imagej_reference(a, method):
     for y in range(h):
         for x in range(w):
             col = [f32(v) for v in a[:, y, x]]
-            if method == "max":
-                out[y, x] = max(col)
-            elif method == "min":
-                out[y, x] = min(col)
+            if method in ("max", "min"):  # if (v > acc) acc = v, from -/+Float.MAX_VALUE
+                big = np.finfo(np.float32).max
+                acc = -big if method == "max" else big
+                for v in col:
+                    if (v > acc) if method == "max" else (v < acc):
+                        acc = v
+                out[y, x] = acc
+            elif method == "mean" and out_type == np.float32:  # 1.54: non-NaN double mean
+                ok = [float(v) for v in col if not np.isnan(v)]
+                out[y, x] = f32(sum(ok) / len(ok)) if ok else np.nan
             elif method in ("sum", "mean"):
                 acc = f32(0)
                 for v in col:
@@ -140,7 +146,7 @@ def _imagej_reference(a, method):
                 var = (n * s2 - s * s) / n
                 out[y, x] = f32(np.sqrt(var / (n - 1.0))) if n > 1 and var > 0 else 0.0
             elif method == "median":
-                srt = sorted(col)
+                srt = sorted(col, key=lambda v: (np.isnan(v), v))  # Java: NaN sorts last
                 m = n // 2
                 out[y, x] = srt[m] if n % 2 else f32(f32(srt[m - 1] + srt[m]) / f32(2))
     if method in ("max", "min"):
@@ -162,6 +168,17 @@ def test_imagej_semantics(method, dtype, nz):
     got = project(Stack(da.from_array(a, chunks=(nz, 4, 6))), method, like="imagej")
     ref = _imagej_reference(a, method)
     assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got.data.compute(), ref)
+
+
+@pytest.mark.parametrize("method", ["max", "min", "sum", "mean", "std", "median"])
+def test_imagej_semantics_with_nan(method):
+    a = blobs((6, 9, 11), np.float32, seed=5)
+    a[2, 1, :] = np.nan
+    a[:, 3, 3] = np.nan  # a column of NaN only
+    got = project(Stack(da.from_array(a, chunks=(6, 4, 6))), method, like="imagej")
+    with np.errstate(invalid="ignore"):
+        ref = _imagej_reference(a, method)
     np.testing.assert_array_equal(got.data.compute(), ref)
 
 

@@ -58,7 +58,8 @@ def test_streamed_imagej_equals_the_chunked_path(tmp_path, dtype, nz):
     chunked = zchunk.Stack(s.data + 0, axes=s.axes)  # derived: not streamed
     for method in ["max", "min", "sum", "mean"]:
         out = project(s, method, like="imagej")
-        assert _streamed(out.data)
+        # ImageJ 1.54's 32-bit Average needs a count of non-NaN values: not streamed
+        assert _streamed(out.data) == (dtype != "float32" or method != "mean")
         ref = project(chunked, method, like="imagej").data
         assert not _streamed(ref)
         got, want = out.data.compute(), ref.compute()

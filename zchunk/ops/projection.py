@@ -18,10 +18,12 @@ Semantics
 ``np.std`` (ddof=0). NaN propagates as in NumPy (a column with a NaN projects to NaN, except
 max/min which also give NaN).
 
-``like="imagej"`` reproduces ImageJ 1.53's Image > Stacks > Z Project, bit for bit, for 8-bit,
-16-bit and 32-bit (float) stacks: Max and Min keep the type; Sum is a float32 running sum;
-Average is the float32 running sum divided by n in float32, rounded half up back to 8/16-bit
-(32-bit stays float32); Standard Deviation is float32 from double sums with ddof=1
+``like="imagej"`` reproduces ImageJ 1.54's Image > Stacks > Z Project, bit for bit, for 8-bit,
+16-bit and 32-bit (float) stacks: Max and Min keep the type (32-bit: NaN skipped, a column of
+NaN only gives -/+Float.MAX_VALUE); Sum is a float32 running sum; Average of 8/16-bit is the
+float32 running sum divided by n in float32, rounded half up back to 8/16-bit, and of 32-bit
+the double mean of the non-NaN values cast to float32 (ImageJ 1.53t also dropped the last
+slice there, a bug fixed in 1.54); Standard Deviation is float32 from double sums with ddof=1
 (``sqrt((n*sum2 - sum**2) / n / (n-1))``, 0 for one slice); Median is float32, the mean of the
 two middle values for an even count, rounded half up to 8-bit for 8-bit input.
 
@@ -89,14 +91,47 @@ def _round_half_up(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     return np.clip(np.nan_to_num(out, nan=0.0), info.min, info.max).astype(dtype)
 
 
+def _ij_float_extreme(block: np.ndarray, method: str, axis: int) -> np.ndarray:
+    """ImageJ's Max/Min of 32-bit: ``if (v > acc) acc = v`` from -/+Float.MAX_VALUE.
+
+    A NaN never wins the comparison, so NaN is skipped and a column of NaN only gives
+    -Float.MAX_VALUE (max) or Float.MAX_VALUE (min).
+    """
+    func = np.fmax if method == "max" else np.fmin
+    out = np.asarray(func.reduce(block, axis=axis)).astype(np.float32)
+    big = np.finfo(np.float32).max
+    return np.where(np.isnan(out), -big if method == "max" else big, out).astype(np.float32)
+
+
+def _ij_float_average(block: np.ndarray, axis: int) -> np.ndarray:
+    """ImageJ 1.54's Average of 32-bit: the double mean of the non-NaN values of all slices.
+
+    ``sum += v; count++`` for every v that is not NaN, slice after slice, then
+    ``(float)(sum / count)``: NaN for a column of NaN only.
+    """
+    planes = np.moveaxis(block, axis, 0)
+    total = np.zeros(planes.shape[1:], np.float64)
+    count = np.zeros(planes.shape[1:], np.int64)
+    for plane in planes:
+        ok = ~np.isnan(plane)
+        total += np.where(ok, plane, 0.0)
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / count).astype(np.float32)
+
+
 def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
     dtype = block.dtype
     n = block.shape[axis]
     if method in ("max", "min"):
+        if dtype.kind == "f":
+            return _ij_float_extreme(block, method, axis)
         return np.asarray(getattr(np, method)(block, axis=axis))
     if method == "sum":
         return _float32_running_sum(block, axis)
     if method == "mean":
+        if dtype.kind == "f":
+            return _ij_float_average(block, axis)
         avg = _float32_running_sum(block, axis) / np.float32(n)
         return avg if dtype.kind == "f" else _round_half_up(avg, dtype)
     if method == "std":
@@ -137,6 +172,7 @@ class _Running:
     mean: bool  # divide by the count at the end
     imagej_round: np.dtype[Any] | None  # ImageJ's Average of 8/16-bit: round half up to this
     out_dtype: np.dtype[Any] | None  # dtype= cast
+    nan_to: float | None = None  # ImageJ's 32-bit Max/Min: a column of NaN only gives this
 
     def start(self, plane: np.ndarray) -> np.ndarray:
         if self.ufunc is np.add:  # from zero, as the running sums of NumPy and ImageJ
@@ -153,6 +189,8 @@ class _Running:
             acc = acc / (np.float32(n) if self.acc_dtype == np.float32 else n)
         if self.imagej_round is not None:
             acc = _round_half_up(acc, self.imagej_round)
+        if self.nan_to is not None:
+            acc[np.isnan(acc)] = self.nan_to
         return acc if self.out_dtype is None else cast_rounded(acc, self.out_dtype, inplace=True)
 
 
@@ -160,6 +198,12 @@ def _running(
     method: str, like: str, dtype: np.dtype[Any], out_dtype: np.dtype[Any] | None
 ) -> _Running | None:
     """Return the plane-by-plane form of a projection, or None when no exact one exists."""
+    if like == "imagej" and dtype.kind == "f" and method in ("max", "min"):
+        big = float(np.finfo(np.float32).max)  # NaN skipped (see _ij_float_extreme)
+        ufunc = np.fmax if method == "max" else np.fmin
+        return _Running(ufunc, dtype, False, None, out_dtype, -big if method == "max" else big)
+    if like == "imagej" and dtype.kind == "f" and method == "mean":
+        return None  # a double sum and a count of the non-NaN values (_ij_float_average)
     if method in ("max", "min"):
         ufunc = np.maximum if method == "max" else np.minimum
         return _Running(ufunc, dtype, False, None, out_dtype)
