@@ -129,3 +129,18 @@ def test_imagej_float_stack_has_nan_in_most_columns():
     a = tifffile.imread(CORPUS / "imagej" / "stack_float32.tif")
     assert np.isnan(a).any(axis=0).mean() > 0.2
     assert np.isnan(a).all(axis=0).any()
+
+
+def test_imagej_voxel_depth_1_is_kept():
+    # ImageJ writes no "spacing=" when the voxel depth is 1; it reads such a file as 1 micron
+    s = zchunk.open(CORPUS / "imagej" / "hyperstack_depth1.tif")
+    assert dict(zip(s.axes, s.scale, strict=True)) == {
+        "t": 3.0,
+        "z": 1.0,
+        "c": None,
+        "y": 0.5,
+        "x": 0.5,
+    }
+    assert s.units[s.axes.index("z")] == "micrometer"
+    calibrated = zchunk.open(CORPUS / "imagej" / "hyperstack_tzcyx.tif")
+    assert calibrated.scale[calibrated.axes.index("z")] == 2.0

@@ -58,7 +58,9 @@ def _imagej(tif: Any, series: Any) -> dict[str, Any]:
     unit = normalize_unit(ij.get("unit"))
     if unit is not None:
         sx, sy = _resolution(series.keyframe)
-        for letter, value in (("x", sx), ("y", sy), ("z", _float(ij.get("spacing")))):
+        # ImageJ leaves "spacing" out when the voxel depth is 1, and reads it back as 1
+        sz = _float(ij.get("spacing", 1.0))
+        for letter, value in (("x", sx), ("y", sy), ("z", sz)):
             # ImageJ's "unit" is x's, and y's and z's unless "yunit" / "zunit" say otherwise
             own = normalize_unit(ij.get(f"{letter}unit")) if letter != "x" else None
             if value is not None:
