@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from zchunk.errors import SPEAKING
+
+    token = SPEAKING.set("cli")  # errors spell options as flags: --like numpy
     try:
         return func(args)
     except ZChunkError as exc:
@@ -420,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in getattr(exc, "__notes__", []):  # how to resume a kept partial output
             print(note, file=sys.stderr)
         return 130
+    finally:
+        SPEAKING.reset(token)
 
 
 def _is_user_value_error(exc: Exception) -> bool:

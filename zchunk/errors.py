@@ -7,6 +7,8 @@ builtin exception that describes it best, so ``except ValueError`` keeps working
 
 from __future__ import annotations
 
+import contextvars
+
 __all__ = [
     "ChunkingError",
     "CorruptDataError",
@@ -21,6 +23,7 @@ __all__ = [
     "SourceNotFoundError",
     "StackFormatError",
     "ZChunkError",
+    "option",
 ]
 
 
@@ -74,3 +77,24 @@ class ResumeMismatchError(ZChunkError, ValueError):
 
 class DiskSpaceError(ZChunkError, OSError):
     """Not enough free disk space for the output (checked before writing, or the disk filled)."""
+
+
+#: Whether messages are read by a command-line user ("cli") or a Python caller ("python").
+SPEAKING: contextvars.ContextVar[str] = contextvars.ContextVar("zchunk_speaking", default="python")
+
+
+def option(name: str, value: object) -> str:
+    """Spell an option as the reader of the message writes it: ``--like numpy`` or ``like='numpy'``.
+
+    The CLI sets :data:`SPEAKING` to ``"cli"`` while it runs a command.
+
+    Examples
+    --------
+    >>> option("like", "numpy")
+    "like='numpy'"
+    >>> token = SPEAKING.set("cli"); option("like", "numpy"); SPEAKING.reset(token)
+    '--like numpy'
+    """
+    if SPEAKING.get() == "cli":
+        return f"--{name.replace('_', '-')} {value}"
+    return f"{name}={value!r}"

@@ -5,6 +5,7 @@ Schedulers, clusters and the progress bar live in :mod:`zchunk.scheduler` (re-ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from zchunk.scheduler import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from distributed import Client
 
@@ -109,6 +110,28 @@ def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[
     return {n: os.path.join(out, f"{n}{suffix}") for n in names}, True
 
 
+@contextlib.contextmanager
+def _no_empty_new_folders(paths: Sequence[str]) -> Iterator[None]:
+    """Remove the output folders this run creates if it fails and leaves them empty.
+
+    A run that stops at a decode error must not leave an empty results folder behind; a
+    folder holding a partial output (to resume) is kept.
+    """
+    new: set[str] = set()
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        while folder and not os.path.exists(folder):
+            new.add(folder)
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=len, reverse=True):  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+        raise
+
+
 def run_project(
     source: Any,
     methods: Sequence[str],
@@ -174,12 +197,15 @@ def run_project(
             dtype=dtype,
         )
         by_name = {result_name(m, q): r for m, r in results.items()}
-        with compute_context(
-            scheduler,
-            **run,
-            progress=progress_enabled(progress),
-            description=f"{'+'.join(names)} of {source_stack.name}",
-            nbytes=int(source_stack.data.nbytes),
+        with (
+            compute_context(
+                scheduler,
+                **run,
+                progress=progress_enabled(progress),
+                description=f"{'+'.join(names)} of {source_stack.name}",
+                nbytes=int(source_stack.data.nbytes),
+            ),
+            _no_empty_new_folders(list(paths.values())),
         ):
             written = zchunk.save_many(
                 by_name, paths, overwrite=overwrite, compression=compression, resume=resume
@@ -335,9 +361,15 @@ def run_filter(
             nbytes=int(stack.data.nbytes),
         ):
             extra = {"pyramid": pyramid} if pyramid else {}
-            written = zchunk.save(
-                result, out, overwrite=overwrite, compression=compression, resume=resume, **extra
-            )
+            with _no_empty_new_folders([out]):
+                written = zchunk.save(
+                    result,
+                    out,
+                    overwrite=overwrite,
+                    compression=compression,
+                    resume=resume,
+                    **extra,
+                )
     return _summary(
         "filter",
         source,

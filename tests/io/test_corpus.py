@@ -74,7 +74,7 @@ def test_imagemagick_split_stack_is_a_sequence_not_damage():
 
 
 def test_one_file_of_a_split_stack_alone_says_why_it_is_refused():
-    with pytest.raises(StackFormatError, match="declares 31 planes.*open the folder"):
+    with pytest.raises(StackFormatError, match=r"declares 31 planes.*open the folder"):
         zchunk.open(CORPUS / "imagemagick_seq" / "img_3.tif")
 
 

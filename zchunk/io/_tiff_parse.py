@@ -261,7 +261,7 @@ def _plane_files(pages: Sequence[Any], path: str) -> tuple[np.ndarray, tuple[Fil
 
 
 def _jpeg_tables(pages: Sequence[Any], path: str) -> bytes | None:
-    """The JPEGTables shared by every page (JPEG compression), or None."""
+    """Return the JPEGTables shared by every page (JPEG compression), or None."""
     if pages[0].compression not in (6, 7):
         return None
     tables = {p.jpegtables for p in pages}

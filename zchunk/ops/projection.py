@@ -42,7 +42,7 @@ import numpy as np
 
 from zchunk._graph import split_outputs, task_layer
 from zchunk.chunking import plan_stream_rows
-from zchunk.errors import ChunkingError, OptionError
+from zchunk.errors import ChunkingError, OptionError, StackFormatError, option
 from zchunk.ops import _kernels
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) ->
         if dtype.kind == "f":
             return _ij_float_average(block, axis)
         avg = _float32_running_sum(block, axis) / np.float32(n)
-        return avg if dtype.kind == "f" else _round_half_up(avg, dtype)
+        return _round_half_up(avg, dtype)
     if method == "std":
         values = block.astype(np.float64)
         s1 = np.zeros(np.delete(block.shape, axis), np.float64)
@@ -156,7 +156,7 @@ def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) ->
             lo, hi = _kernels.order_statistics(values32, (n // 2 - 1, n // 2), axis=axis)
             med = (lo + hi) / np.float32(2)
         return _round_half_up(med, dtype) if dtype == np.uint8 else med.astype(np.float32)
-    msg = f"method {method!r} has no ImageJ equivalent; use like='numpy'"
+    msg = f"method {method!r} has no ImageJ equivalent; use {option('like', 'numpy')}"
     raise OptionError(msg)
 
 
@@ -200,8 +200,8 @@ def _running(
     """Return the plane-by-plane form of a projection, or None when no exact one exists."""
     if like == "imagej" and dtype.kind == "f" and method in ("max", "min"):
         big = float(np.finfo(np.float32).max)  # NaN skipped (see _ij_float_extreme)
-        ufunc = np.fmax if method == "max" else np.fmin
-        return _Running(ufunc, dtype, False, None, out_dtype, -big if method == "max" else big)
+        skip_nan: np.ufunc = np.fmax if method == "max" else np.fmin
+        return _Running(skip_nan, dtype, False, None, out_dtype, -big if method == "max" else big)
     if like == "imagej" and dtype.kind == "f" and method == "mean":
         return None  # a double sum and a count of the non-NaN values (_ij_float_average)
     if method in ("max", "min"):
@@ -371,24 +371,34 @@ def _reducer(method: str, like: str, q: float | None, out_dtype: np.dtype[Any] |
 
 def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> None:
     if method not in METHODS:
-        msg = f"method={method!r} is not one of {', '.join(METHODS)}"
+        msg = f"{option('method', method)} is not one of {', '.join(METHODS)}"
         raise OptionError(msg)
     if like not in ("numpy", "imagej"):
-        msg = f"like={like!r} must be 'numpy' or 'imagej'"
+        msg = f"{option('like', like)} must be 'numpy' or 'imagej'"
         raise OptionError(msg)
     if axis not in ("z", "t"):
-        msg = f"axis={axis!r} must be 'z' or 't'"
+        msg = f"{option('axis', axis)} must be 'z' or 't'"
         raise OptionError(msg)
     if method == "percentile" and (q is None or not 0 <= float(q) <= 100):
-        msg = f"percentile needs q between 0 and 100, got q={q!r}"
+        msg = f"percentile needs q between 0 and 100, got {option('q', q)}"
         raise OptionError(msg)
     if like == "imagej" and stack.dtype not in _IMAGEJ_TYPES:
         msg = (
-            f"like='imagej' works on ImageJ's types (uint8, uint16, float32), "
-            f"not {stack.dtype}; use like='numpy' or convert the stack"
+            f"{option('like', 'imagej')} works on ImageJ's types (uint8, uint16, float32), "
+            f"not {stack.dtype}; use {option('like', 'numpy')} or convert the stack"
         )
         raise OptionError(msg)
-    stack.axis(axis)  # StackFormatError naming the axes there are
+    if axis not in stack.axes:
+        other = "t" if axis == "z" else "z"
+        where = stack.attrs.get("source") or stack.name or "the stack"
+        hint = f"project along {option('axis', other)}" if other in stack.axes else ""
+        fix = option("axes", "...")
+        msg = (
+            f"axis {axis!r} is not in {where}, whose axes are {stack.axes!r}: "
+            f"{hint + ', or ' if hint else ''}give the input's axes ({fix}) if they were "
+            "read wrong"
+        )
+        raise StackFormatError(msg)
 
 
 def _whole_along(stack: Stack, axis: str) -> Stack:
