@@ -251,7 +251,9 @@ def test_axes_that_do_not_exist(tmp_path):
     with pytest.raises(StackFormatError, match="2 letters"):
         zchunk.open(path, axes="yx")
     s = zchunk.open(path)
-    with pytest.raises(StackFormatError, match=r"axis 't' is not in .*s\.tif, whose axes are 'zyx'"):
+    with pytest.raises(
+        StackFormatError, match=r"axis 't' is not in .*s\.tif, whose axes are 'zyx'"
+    ):
         zchunk.project(s, "max", axis="t")
 
 
