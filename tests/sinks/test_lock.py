@@ -37,8 +37,9 @@ def _cli(*argv):
 
 
 def _wait_for(path, proc, timeout=60.0):
+    """Wait until folder `path` holds a file (a block record)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and os.listdir(path)):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.005)
