@@ -494,3 +494,138 @@ def test_sigkill_then_cli_resume_is_bit_identical(kill_source, tmp_path):
     assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(out), "--quiet"]) == 2
     assert main(["filter", str(kill_source), *CLI_ARGS, "-o", str(out), "--resume", "--quiet"]) == 0
     _check_bit_identical(out, ref)
+
+
+# --- block markers say what was written, and are checked on resume ---------------------------
+
+
+def _forge(records: Path, how: str) -> None:
+    """Forge the markers of every block of a 5-block partial output."""
+    for index in range(5):
+        marker = records / f"0.{index}.0"
+        if how == "empty":
+            marker.write_bytes(b"")
+        elif how == "wrong digest":
+            marker.write_text("1234 deadbeef\n")
+        elif how == "garbage":
+            marker.write_bytes(os.urandom(20))
+
+
+def _flip_stored_bytes(final: Path, block: int) -> None:
+    """Flip one stored byte of block (0, block, 0) of `make_stack()`'s 5 bands of 8 rows."""
+    partial = partial_of(final)
+    if partial.is_file():
+        with tifffile.TiffFile(partial) as tif:
+            where = tif.series[0].dataoffset + block * 8 * 20 * 2 + 7
+    else:
+        (shard,) = [p for p in partial.rglob(f"c/0/{block}/0") if p.is_file()]
+        partial, where = shard, shard.stat().st_size // 2
+    data = bytearray(partial.read_bytes())
+    data[where] ^= 0xFF
+    partial.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "tiff", "tiff-zlib"])
+@pytest.mark.parametrize("how", ["empty", "wrong digest", "garbage", "stored bytes flipped"])
+def test_resume_recomputes_blocks_whose_markers_do_not_match(tmp_path, writer, how):
+    stack, _ = make_stack(scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
+    ref = WRITERS[writer](stack, tmp_path / "ref")
+    work = tmp_path / "work"
+    cut = Interrupt(after=4)
+    stack = cut.wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        WRITERS[writer](stack, work)
+    final = work / FINAL[writer]
+    records = blocks_dir(final)
+    assert len(os.listdir(records)) == 3
+    damaged = int(min(os.listdir(records)).split(".")[1])
+    if how == "stored bytes flipped":
+        _flip_stored_bytes(final, damaged)
+    else:
+        _forge(records, how)
+    cut.counts.clear()
+    out = WRITERS[writer](stack, work, resume=True)
+    assert tree(out) == tree(ref)  # bit for bit
+    if how == "stored bytes flipped":
+        assert cut.counts[(0, damaged, 0)] == 1  # the damaged block was computed again
+        assert sum(cut.counts.values()) == 3
+    else:
+        assert sum(cut.counts.values()) == 5  # nothing forged was trusted
+
+
+def test_a_block_without_marker_keeps_the_partial_output(tmp_path, monkeypatch):
+    # completeness is checked before the rename: a block that was not recorded is redone
+    from zchunk.sinks import _resume
+
+    stack, a = make_stack()
+    write = _resume.write_marker
+    monkeypatch.setattr(
+        _resume, "write_marker", lambda d, i, g: None if i == (0, 2, 0) else write(d, i, g)
+    )
+    with pytest.raises(PartialOutputError, match=r"misses 1 block\(s\) \(first \(0, 2, 0\)\)"):
+        to_zarr(stack, tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+    monkeypatch.undo()
+    assert sorted(os.listdir(blocks_dir(tmp_path / "a.zarr"))) == [
+        "0.0.0",
+        "0.1.0",
+        "0.3.0",
+        "0.4.0",
+    ]
+    out = to_zarr(stack, tmp_path / "a.zarr", resume=True)
+    np.testing.assert_array_equal(zarr.open_array(out)[:], a)
+
+
+def test_block_markers_hold_the_stored_size_and_crc32(tmp_path):
+    import zlib
+
+    stack, _ = make_stack()
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_zarr(Interrupt(after=2).wrap(stack), tmp_path / "a.zarr")
+    (name,) = os.listdir(blocks_dir(tmp_path / "a.zarr"))
+    shard = (partial_of(tmp_path / "a.zarr") / "c" / name.replace(".", "/")).read_bytes()
+    marker = (blocks_dir(tmp_path / "a.zarr") / name).read_text()
+    assert marker == f"{len(shard)} {zlib.crc32(shard):08x}\n"
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, *, replace: bool) -> None:
+    """Change the pixels of `path`, keep its size and mtime (in place, or by a rename over it)."""
+    st = os.stat(path)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with tifffile.TiffFile(path) as tif:
+        at = tif.pages[0].dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    data[at : at + 100] = bytes(255 - b for b in data[at : at + 100])
+    if replace:
+        other = path.with_name("other.tif")
+        other.write_bytes(bytes(data))
+        os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(other, path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize(("replace", "what"), [(False, "ctime_ns"), (True, "inode")])
+def test_input_changed_with_size_and_mtime_kept_is_not_resumed(tmp_path, replace, what):
+    src, _ = _tiff_source(tmp_path)
+    out = tmp_path / "out.zarr"
+    _interrupt_filter(src, out, sigma=1)
+    _rewrite_keeping_size_and_mtime(src, replace=replace)
+    same = zchunk.filter(zchunk.open(src), "gaussian", sigma=1)
+    with pytest.raises(ResumeMismatchError, match=rf"src\.tif changed since.*{what}"):
+        zchunk.save(same, out, resume=True)
+
+
+@pytest.mark.parametrize(("replace", "what"), [(False, "rewritten"), (True, "replaced")])
+def test_input_changed_with_size_and_mtime_kept_is_caught_when_read(tmp_path, replace, what):
+    from zchunk.errors import InputChangedError
+
+    src, _ = _tiff_source(tmp_path)
+    stack = zchunk.project(zchunk.open(src), "max")
+    _rewrite_keeping_size_and_mtime(src, replace=replace)
+    with pytest.raises(InputChangedError, match=rf"src\.tif changed on disk.*{what}"):
+        zchunk.save(stack, tmp_path / "max.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.tif"]

@@ -77,29 +77,39 @@ READ_STATS = ReadStats()
 
 @dataclass(frozen=True, slots=True)
 class FileId:
-    """A file and the size and modification time it had when its header was parsed."""
+    """A file as it was when its header was parsed: size, mtime, inode and ctime.
+
+    The inode catches a file replaced by another (a rename over it); the ctime, which no
+    user call can set back, catches a file rewritten in place with its size and mtime kept.
+    """
 
     path: str
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
 
     @classmethod
     def of(cls, path: str) -> FileId:
         """Identify `path` as it is now."""
         st = os.stat(path)
-        return cls(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        return cls(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     def check(self, fd: int) -> None:
         """Raise InputChangedError if the open file `fd` is not the file that was parsed."""
         st = os.fstat(fd)
-        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
-            what = (
-                f"size {self.size} -> {st.st_size} bytes"
-                if st.st_size != self.size
-                else "modified, same size"
-            )
-            msg = f"{self.path} changed on disk after it was opened ({what}); open it again"
-            raise InputChangedError(msg)
+        if st.st_size != self.size:
+            what = f"size {self.size} -> {st.st_size} bytes"
+        elif st.st_mtime_ns != self.mtime_ns:
+            what = "modified, same size"
+        elif st.st_ino != self.inode:
+            what = "replaced by another file"
+        elif st.st_ctime_ns != self.ctime_ns:
+            what = "rewritten or its attributes changed, same size and modification time"
+        else:
+            return
+        msg = f"{self.path} changed on disk after it was opened ({what}); open it again"
+        raise InputChangedError(msg)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,10 @@ from zchunk.errors import (
     ResumeMismatchError,
     ZChunkError,
 )
+from zchunk.sinks import _markers
 from zchunk.sinks._atomic import GuardedTarget, _commit, abandon, remove_path
 from zchunk.sinks._lock import output_lock
+from zchunk.sinks._markers import stored_digest, verified, write_marker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -94,7 +96,7 @@ _LABELS = {
 
 def _tree_identity(path: str) -> dict[str, Any]:
     """Files, bytes and newest modification time under folder `path` (one walk)."""
-    count = size = newest = 0
+    count = size = newest = changed = inodes = 0
     for root, _, names in os.walk(path):
         for name in names:
             with contextlib.suppress(OSError):
@@ -102,11 +104,24 @@ def _tree_identity(path: str) -> dict[str, Any]:
                 count += 1
                 size += st.st_size
                 newest = max(newest, st.st_mtime_ns)
-    return {"path": path, "files": count, "size": size, "mtime_ns": newest}
+                changed = max(changed, st.st_ctime_ns)
+                inodes = (inodes + st.st_ino) % 2**63
+    return {
+        "path": path,
+        "files": count,
+        "size": size,
+        "mtime_ns": newest,
+        "ctime_ns": changed,
+        "inodes": inodes,
+    }
 
 
 def input_identity(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Identify input files (path, size, mtime) and folders (file count, bytes, newest mtime).
+    """Identify input files and folders, to tell on resume whether they changed.
+
+    A file is its path, size, mtime, inode (replaced by another file) and ctime (rewritten in
+    place with size and mtime set back: no user call can set the ctime back). A folder is its
+    file count, bytes, newest mtime and ctime, and the sum of its files' inodes.
 
     Examples
     --------
@@ -124,7 +139,15 @@ def input_identity(paths: Sequence[str]) -> list[dict[str, Any]]:
         except OSError:
             out.append({"path": path, "missing": True})
             continue
-        out.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        out.append(
+            {
+                "path": path,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "inode": st.st_ino,
+                "ctime_ns": st.st_ctime_ns,
+            }
+        )
     return out
 
 
@@ -215,7 +238,7 @@ def _inputs_differ(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str 
                 return f"the input {b['path']} no longer exists"
             what = ", ".join(
                 f"{key} {a.get(key)} -> {b.get(key)}"
-                for key in ("size", "files", "mtime_ns")
+                for key in ("size", "files", "mtime_ns", "inode", "inodes", "ctime_ns")
                 if a.get(key) != b.get(key)
             )
             return f"the input {b['path']} changed since the partial output was started ({what})"
@@ -360,6 +383,7 @@ class PartialWrite:
 
     def commit(self, *, overwrite: bool) -> None:
         """Remove the record and move the finished partial output onto the final name."""
+        check_complete(self)
         if self.folder:
             remove_path(self.record)
             _commit(self.partial, self.final, overwrite=overwrite)
@@ -464,7 +488,7 @@ def _chunks(settings: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
 def _keeps_partial(exc: BaseException) -> bool:
     """Interruptions and system trouble keep a partial output; bad data and bugs do not."""
     if isinstance(exc, ZChunkError):
-        return isinstance(exc, DiskSpaceError)
+        return isinstance(exc, (DiskSpaceError, _IncompleteWriteError))
     return isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError, OSError))
 
 
@@ -570,11 +594,28 @@ def _store_block(
     block_id: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     target[region] = block
-    # then record it: an empty file is all or nothing, and it is never created in a deleted
-    # (abandoned) record folder
-    name = ".".join(str(i) for i in block_id or ())
-    os.close(os.open(os.path.join(blocks_dir, name), os.O_CREAT | os.O_WRONLY, 0o644))
+    # then record what the storage holds for it (never in a deleted, abandoned record folder)
+    digest = stored_digest(target, region)
+    if digest is None:
+        msg = f"block {block_id} of {blocks_dir!r} is not on disk after it was written"
+        raise OSError(errno.EIO, msg)
+    write_marker(blocks_dir, tuple(block_id or ()), digest)
     return np.empty((0,) * block.ndim, dtype=np.uint8)
+
+
+class _IncompleteWriteError(PartialOutputError):
+    """Blocks without a marker after every block was written: the partial output is kept."""
+
+
+def check_complete(job: PartialWrite) -> None:
+    """Raise if a block of `job` has no valid marker (before the partial output is used)."""
+    missing = _markers.check_complete(os.fspath(job.record / _BLOCKS), job.chunks)
+    if missing:
+        msg = (
+            f"the partial output {os.fspath(job.partial)!r} misses {len(missing)} block(s) "
+            f"(first {missing[0]}) after writing; it was kept: run again with --resume"
+        )
+        raise _IncompleteWriteError(msg)
 
 
 def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> None:
@@ -592,6 +633,8 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
         if data.chunks != job.chunks:
             msg = f"chunks {data.chunks} are not the partial output's {job.chunks}"
             raise AssertionError(msg)
+        if job.done:  # trust a marker only if the storage matches it
+            job.done = verified(target, os.fspath(job.record / _BLOCKS), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
         stored = da.map_blocks(
             _store_block,
@@ -608,3 +651,5 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
     if keys:
         graph = HighLevelGraph.merge(*graphs)
         compute_as_if_collection(da.Array, graph, keys)
+    for _, _, job in writes:
+        check_complete(job)

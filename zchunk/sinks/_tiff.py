@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -281,10 +282,11 @@ class _FileRegions:
         self.shape = shape
         self.dtype = dtype
 
-    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
-        value = np.ascontiguousarray(value, dtype=self.dtype)
-        starts = [k.indices(n)[0] for k, n in zip(key, self.shape, strict=True)]
-        lengths = value.shape
+    def _runs(self, key: tuple[slice, ...]) -> Iterator[tuple[tuple[int, ...], int]]:
+        """(index into the region, file offset) of each contiguous run of region `key`."""
+        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape, strict=True)]
+        starts = [b[0] for b in bounds]
+        lengths = [b[1] - b[0] for b in bounds]
         ndim = len(self.shape)
         # first axis after which the region spans whole rows: runs are contiguous from there
         split = ndim - 1
@@ -292,11 +294,33 @@ class _FileRegions:
             split -= 1
         strides = [math.prod(self.shape[i + 1 :]) for i in range(ndim)]
         base = sum(starts[i] * strides[i] for i in range(split, ndim))
+        for index in np.ndindex(*lengths[:split]):
+            element = base + sum((starts[i] + j) * strides[i] for i, j in enumerate(index))
+            yield index, self.offset + element * self.dtype.itemsize
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
+        value = np.ascontiguousarray(value, dtype=self.dtype)
         with open(self.path, "r+b") as fh:
-            for index in np.ndindex(*lengths[:split]):
-                element = base + sum((starts[i] + j) * strides[i] for i, j in enumerate(index))
-                fh.seek(self.offset + element * self.dtype.itemsize)
+            for index, offset in self._runs(key):
+                fh.seek(offset)
                 fh.write(memoryview(value[index]).cast("B"))
+
+    def stored_digest(self, key: tuple[slice, ...]) -> tuple[int, int] | None:
+        """(bytes, crc32) of the pixels of region `key` as the file holds them, in C order."""
+        run = math.prod(
+            k.indices(n)[1] - k.indices(n)[0] for k, n in zip(key, self.shape, strict=True)
+        )
+        crc = nbytes = 0
+        with open(self.path, "rb") as fh:
+            runs = list(self._runs(key))
+            size = run * self.dtype.itemsize // max(len(runs), 1)
+            for _, offset in runs:
+                piece = os.pread(fh.fileno(), size, offset)
+                if len(piece) != size:
+                    return None
+                crc = zlib.crc32(piece, crc)
+                nbytes += size
+        return nbytes, crc
 
 
 def _layout_record(layout: _Layout) -> dict[str, Any]:
