@@ -60,7 +60,7 @@ def _parse(text: bytes) -> Digest | None:
 
     Examples
     --------
-    >>> _parse(b"4096 1a2b3c4d\\n"), _parse(b""), _parse(b"12 zz")
+    >>> _parse(b"4096 1a2b3c4d\n"), _parse(b""), _parse(b"12 zz")
     ((4096, 439041101), None, None)
     """
     parts = text.split()
