@@ -287,3 +287,66 @@ def test_scale_for_uncalibrated_folder(tmp_path, capsys):
         assert tif.pages[0].tags["XResolution"].value == (2, 1)
     assert main(["info", str(tmp_path / "seq"), "--scale", "a,b"]) == 2
     assert "--scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("gaussian", {"sigma": 2.0}), ("median", {"size": 5})]
+)
+def test_python_filter_plans_the_chunks_the_cli_plans(tmp_path, name, params):
+    import tifffile
+
+    import zchunk
+    from zchunk.chunking import Budget
+    from zchunk.pipeline import _open_filtered
+
+    data = blobs((6, 300, 200), "uint16", seed=3)
+    path = str(tmp_path / "s.tif")
+    tifffile.imwrite(path, data)
+    python = zchunk.filter(zchunk.open(path, memory_limit="2MB"), name, **params)
+    _, cli = _open_filtered(
+        path,
+        (name, params),
+        axes=None,
+        budget=Budget.parse("2MB"),
+        whole="z",
+        allow_incomplete=False,
+        scale=None,
+    )
+    assert python.data.chunks == cli.data.chunks
+    assert python.data.numblocks[1] > 1
+    assert python.plan == cli.plan
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    import zchunk.describe
+
+    path = str(tmp_path / "s.tif")
+    tifffile.imwrite(path, blobs((5, 20, 20), "uint16"))
+
+    # a ValueError raised in a zchunk module (the CLI once took those for user errors)
+    namespace = {"__name__": "zchunk.describe"}
+    exec("def broken(d):\n    raise ValueError('a bug')", namespace)  # noqa: S102
+    monkeypatch.setattr(zchunk.describe, "format_info", namespace["broken"])
+    with pytest.raises(ValueError, match="a bug"):
+        main(["info", path])
+
+
+def test_user_errors_are_zchunk_errors(tmp_path):
+    from zchunk.errors import OptionError
+    from zchunk.pipeline import compute_context, output_paths
+    from zchunk.preview import preview
+    from zchunk.sinks._atomic import prepare_output
+    from zchunk.stack import Stack
+
+    with pytest.raises(OptionError, match="is not one of"):
+        compute_context("procesess").__enter__()
+    with pytest.raises(OptionError, match="workers=0"):
+        compute_context("threads", workers=0).__enter__()
+    with pytest.raises(OptionError, match="format 'png'"):
+        output_paths(str(tmp_path), ["max"], "png")
+    with pytest.raises(OptionError, match="need a folder"):
+        output_paths(str(tmp_path / "a.tif"), ["max", "min"], None)
+    with pytest.raises(OptionError, match="planes=0"):
+        preview(Stack(np.zeros((2, 20, 20), "uint8")), tmp_path / "p.png", planes=0)
+    with pytest.raises(OptionError, match="does not name a file"):
+        prepare_output("/", {}, overwrite=False)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from zchunk.chunking import Purpose
     from zchunk.stack import Stack
 
 __all__ = ["Source"]
@@ -68,6 +69,6 @@ class Source(Protocol):
         """Yield `region` in bands of about `rows` rows (aligned up to `row_align`)."""
         ...
 
-    def reopen(self, *, whole: str) -> Stack:
-        """Open the same input again with the axes `whole` held whole in every chunk."""
+    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
+        """Open the same input again, `whole` held whole in chunks planned for `purpose`."""
         ...

@@ -12,29 +12,53 @@ height, tile width) and a memory budget, choose a chunk shape that holds
 
 The budget holds when ``chunk bytes x workers x 3`` (input block, working copy, output) plus one
 decoded segment per worker stays under it.
+
+The memory budget is a :class:`Budget` (bytes and workers), parsed once where the user gives it
+(``zchunk.open(memory_limit=)``, the CLI, the pipeline) and passed on. What the chunks are for is
+a :class:`Purpose`: a projection, or a filter with its halo, which needs more memory per chunk
+and chunks several halos wide. :func:`plan` combines the two; ``zchunk.open`` plans for a
+projection and ``zchunk.filter`` re-plans for itself, so Python and the CLI plan the same chunks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import psutil
+from zchunk.errors import OptionError, StackFormatError
 
-from zchunk.errors import OptionError
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
+    "FILTER_MEMORY_FACTOR",
+    "PROJECTION",
+    "Budget",
     "ChunkPlan",
+    "Purpose",
     "default_memory_limit",
     "format_bytes",
     "parse_memory",
+    "plan",
     "plan_chunks",
     "plan_stream_rows",
 ]
 
 #: Blocks in flight per worker thread: the block read, a working copy, the result.
 COPIES_PER_WORKER = 3
+
+#: How much more memory a filtered chunk needs than a projected one, measured with
+#: tests/test_memory.py: the halo'd copy of the chunk and its neighbours' edges, the float32
+#: working copy, scipy's output and temporaries, and the encoded output.
+FILTER_MEMORY_FACTOR = 5
+
+#: A filter's chunks are at least this many halos tall (and wide, when x is split), so the
+#: halo exchanged with neighbours stays small next to the chunk.
+FILTER_TILE_HALOS = 4
 
 _UNITS = {
     "": 1,
@@ -102,7 +126,90 @@ def format_bytes(n: float) -> str:
 
 def default_memory_limit() -> int:
     """Return the default budget: the smaller of 1 GiB and a quarter of the machine's RAM."""
+    import psutil
+
     return int(min(1024**3, psutil.virtual_memory().total // 4))
+
+
+def _default_workers() -> int:
+    """Worker threads dask's threaded scheduler uses here (its pool size)."""
+    import dask
+
+    n = dask.config.get("num_workers", None)
+    return int(n) if n else max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Memory for all workers together, and how many workers compute chunks at once.
+
+    Examples
+    --------
+    >>> Budget.parse("2GiB", workers=4)
+    Budget(bytes=2147483648, workers=4)
+    """
+
+    bytes: int
+    workers: int
+
+    def __post_init__(self) -> None:
+        if self.bytes <= 0 or self.workers <= 0:
+            msg = f"{self} must have a positive memory limit and at least one worker"
+            raise OptionError(msg)
+
+    @classmethod
+    def parse(
+        cls, memory_limit: int | str | Budget | None = None, workers: int | None = None
+    ) -> Budget:
+        """Return the budget a user gave (``"2GiB"``, bytes, None for the default).
+
+        `workers` defaults to the pool size of dask's threaded scheduler (one per core, or
+        ``dask.config``'s ``num_workers``); a Budget is returned as it is (with `workers`, if
+        given).
+        """
+        if isinstance(memory_limit, Budget):
+            return memory_limit if workers is None else memory_limit.with_workers(workers)
+        if workers is not None and (isinstance(workers, bool) or workers < 1):
+            msg = f"workers={workers!r} must be at least 1"
+            raise OptionError(msg)
+        n = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
+        return cls(n, workers or _default_workers())
+
+    def with_workers(self, workers: int) -> Budget:
+        """Return this budget shared by `workers` workers."""
+        return dataclasses.replace(self, workers=workers)
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """What chunks are planned for: a projection (no `halo`), or a filter reaching `halo` pixels.
+
+    Examples
+    --------
+    >>> Purpose.filter(8).memory_factor, Purpose.filter(8).min_tile, PROJECTION.min_tile
+    (5, 32, 1)
+    """
+
+    halo: int | None = None
+
+    @classmethod
+    def filter(cls, halo: int) -> Purpose:
+        """Return the purpose of chunks that a filter reaching `halo` pixels computes."""
+        return cls(max(0, int(halo)))
+
+    @property
+    def memory_factor(self) -> int:
+        """Memory a chunk needs, in units of a projected chunk's."""
+        return 1 if self.halo is None else FILTER_MEMORY_FACTOR
+
+    @property
+    def min_tile(self) -> int:
+        """Smallest band height (and tile width) worth planning."""
+        return 1 if self.halo is None else max(1, FILTER_TILE_HALOS * self.halo)
+
+
+#: Chunks for projections (the default of ``zchunk.open``).
+PROJECTION = Purpose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +235,10 @@ class ChunkPlan:
         False when even the smallest aligned chunk is over budget (see `note`).
     note : str
         Why the plan looks the way it does, for ``zchunk info``.
+    whole : str
+        Axes held whole in every chunk.
+    purpose : Purpose
+        What the chunks were planned for.
     """
 
     chunks: tuple[int, ...]
@@ -138,6 +249,8 @@ class ChunkPlan:
     workers: int
     fits: bool
     note: str = ""
+    whole: str = "z"
+    purpose: Purpose = PROJECTION
 
 
 def _round_up(n: int, step: int) -> int:
@@ -249,7 +362,52 @@ def plan_chunks(
         workers=workers,
         fits=fits,
         note="; ".join(notes),
+        whole=whole,
     )
+
+
+def plan(
+    shape: tuple[int, ...],
+    axes: str,
+    dtype: np.dtype[Any],
+    budget: Budget,
+    *,
+    purpose: Purpose = PROJECTION,
+    whole: str = "z",
+    y_align: int = 1,
+    x_align: int | None = 1,
+    segment_bytes: int = 0,
+) -> ChunkPlan:
+    """Plan the chunks of a stack for `purpose` within `budget` (see :func:`plan_chunks`).
+
+    A filter's chunks get the budget divided by its memory factor and are at least a few
+    halos tall.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> b = Budget(2**30, 2)
+    >>> plan((100, 2048, 2048), "zyx", np.dtype("uint16"), b).chunks
+    (100, 410, 2048)
+    >>> plan((100, 2048, 2048), "zyx", np.dtype("uint16"), b, purpose=Purpose.filter(8)).chunks
+    (100, 86, 2048)
+    """
+    if "y" not in axes or "x" not in axes or axes[-2:] != "yx":
+        msg = f"axes {axes!r} must end with 'yx' (y and x are the last two axes)"
+        raise StackFormatError(msg)
+    planned = plan_chunks(
+        shape,
+        axes,
+        dtype.itemsize,
+        budget=max(1, budget.bytes // purpose.memory_factor),
+        workers=budget.workers,
+        whole=whole,
+        y_align=y_align,
+        x_align=x_align,
+        segment_bytes=segment_bytes,
+        min_tile=purpose.min_tile,
+    )
+    return dataclasses.replace(planned, purpose=purpose)
 
 
 #: Plane-by-plane reductions: tasks per worker thread to aim for (balance, and a progress bar

@@ -207,9 +207,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     import zchunk
+    from zchunk.chunking import Budget
     from zchunk.preview import preview
 
-    stacks = [zchunk.open(s, memory_limit=args.memory_limit) for s in args.inputs]
+    budget = Budget.parse(args.memory_limit)
+    stacks = [zchunk.open(s, memory_limit=budget) for s in args.inputs]
     out = preview(stacks, args.output, planes=args.planes, overwrite=args.overwrite)
     if not args.quiet:
         print(f"preview: {out}")
@@ -218,9 +220,11 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import zchunk
+    from zchunk.chunking import Budget
 
-    a = zchunk.open(args.a, memory_limit=args.memory_limit)
-    b = zchunk.open(args.b, memory_limit=args.memory_limit)
+    budget = Budget.parse(args.memory_limit)
+    a = zchunk.open(args.a, memory_limit=budget)
+    b = zchunk.open(args.b, memory_limit=budget)
     result = zchunk.compare(a, b, atol=args.atol)
     if args.json:
         print(json.dumps({"a": args.a, "b": args.b, **result.as_dict()}))
@@ -413,11 +417,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZChunkError as exc:
         print(f"zchunk: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError) as exc:
-        if _is_user_value_error(exc):
-            print(f"zchunk: error: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt as exc:
         print("zchunk: interrupted", file=sys.stderr)
         for note in getattr(exc, "__notes__", []):  # how to resume a kept partial output
@@ -425,15 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         SPEAKING.reset(token)
-
-
-def _is_user_value_error(exc: Exception) -> bool:
-    """Bad option values raise ValueError/TypeError from our own argument checks."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module: Any = tb.tb_frame.f_globals.get("__name__", "") if tb else ""
-    return str(module).startswith("zchunk.")
 
 
 if __name__ == "__main__":  # pragma: no cover

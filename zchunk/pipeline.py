@@ -10,6 +10,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from zchunk.chunking import PROJECTION, Budget, Purpose
+from zchunk.errors import OptionError
 from zchunk.scheduler import (
     SCHEDULERS,
     WORKER_OVERHEAD,
@@ -96,7 +98,7 @@ def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[
 
     if fmt is not None and fmt not in FORMATS:
         msg = f"format {fmt!r} is not one of {', '.join(FORMATS)}"
-        raise ValueError(msg)
+        raise OptionError(msg)
     named = out.lower().endswith(SUFFIXES)
     if len(names) == 1 and named:
         return {names[0]: out}, False
@@ -105,7 +107,7 @@ def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[
             f"{len(names)} results need a folder for -o, not the file name {out!r}: "
             "each result is written as <method>.tif inside it"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     suffix = FORMATS[fmt or "tif"]
     return {n: os.path.join(out, f"{n}{suffix}") for n in names}, True
 
@@ -172,9 +174,10 @@ def run_project(
     names = [result_name(m, q) for m in methods]
     paths, _ = output_paths(out, names, fmt)
     _tiff.READ_STATS.reset()
+    budget = Budget.parse(memory_limit, workers)
     run: dict[str, Any] = {
         "workers": workers,
-        "memory_limit": memory_limit,
+        "memory_limit": budget,
         "scheduler_file": scheduler_file,
     }
     with compute_context(scheduler, **run) as client:
@@ -183,7 +186,7 @@ def run_project(
             source,
             prefilter,
             axes=axes,
-            memory_limit=memory_limit,
+            budget=_on(budget, client, workers),
             whole=axis,
             allow_incomplete=allow_incomplete,
             scale=scale,
@@ -231,39 +234,45 @@ def _open_filtered(
     prefilter: tuple[str, dict[str, Any]] | None,
     *,
     axes: str | None,
-    memory_limit: int | str | None,
+    budget: Budget,
     whole: str,
     allow_incomplete: bool,
     scale: dict[str, float] | None,
 ) -> tuple[Stack, Stack]:
     """Open `source` (planned for the filter, if any) and apply the filter: (opened, result).
 
-    A filtered chunk needs more room than a projected one and a halo from its neighbours, so
-    the chunks are planned with the budget divided by the filter's memory factor and at least
-    four halos per side.
+    The chunks are planned for what they are for (:class:`zchunk.chunking.Purpose`), as
+    ``zchunk.filter`` plans them: opening for the filter directly spares a second read of the
+    headers.
     """
     import zchunk
-    from zchunk.io import min_tile
+    from zchunk.io import open_planned
 
-    budget: int | str | None = memory_limit
-    tile = 1
+    purpose = PROJECTION
     if prefilter is not None:
         from zchunk.ops.filters import halo_pixels
 
-        budget = _budget_for_filter(memory_limit)
-        tile = 4 * halo_pixels(prefilter[0], **prefilter[1])
-    with min_tile(tile):
-        stack = zchunk.open(
-            source,
-            axes=axes,
-            memory_limit=budget,
-            whole=whole,
-            allow_incomplete=allow_incomplete,
-            scale=scale,
-        )
+        purpose = Purpose.filter(halo_pixels(prefilter[0], **prefilter[1]))
+    stack = open_planned(
+        source,
+        axes=axes,
+        budget=budget,
+        whole=whole,
+        purpose=purpose,
+        allow_incomplete=allow_incomplete,
+        scale=scale,
+    )
     if prefilter is None:
         return stack, stack
     return stack, zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
+
+
+def _on(budget: Budget, client: Client | None, workers: int | None) -> Budget:
+    """Return `budget` shared by the threads of `client`'s cluster, unless `workers` says."""
+    if client is None or workers is not None:
+        return budget
+    threads = sum(client.nthreads().values())
+    return budget.with_workers(threads) if threads else budget
 
 
 def _summary(
@@ -294,15 +303,6 @@ def _summary(
         "bytes_read": None if remote else _tiff.READ_STATS.bytes_read,
         **fields,
     }
-
-
-def _budget_for_filter(memory_limit: int | str | None) -> int:
-    """Return the chunk-planning budget that keeps a filter's real peak within `memory_limit`."""
-    from zchunk.chunking import default_memory_limit, parse_memory
-    from zchunk.ops.filters import MEMORY_FACTOR
-
-    budget = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
-    return max(1, budget // MEMORY_FACTOR)
 
 
 def run_filter(
@@ -337,9 +337,10 @@ def run_filter(
 
     t0 = time.perf_counter()
     _tiff.READ_STATS.reset()
+    budget = Budget.parse(memory_limit, workers)
     run: dict[str, Any] = {
         "workers": workers,
-        "memory_limit": memory_limit,
+        "memory_limit": budget,
         "scheduler_file": scheduler_file,
     }
     with compute_context(scheduler, **run) as client:
@@ -348,7 +349,7 @@ def run_filter(
             source,
             (name, params),
             axes=axes,
-            memory_limit=memory_limit,
+            budget=_on(budget, client, workers),
             whole="z",
             allow_incomplete=allow_incomplete,
             scale=scale,

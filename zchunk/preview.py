@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zchunk.errors import OutputExistsError
+from zchunk.errors import OptionError, OutputExistsError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -163,10 +163,10 @@ def preview(
     items: list[Stack] = [stacks] if isinstance(stacks, Stack) else list(stacks)
     if not items:
         msg = "preview needs at least one stack"
-        raise ValueError(msg)
+        raise OptionError(msg)
     if planes < 1 or max_px < 16:
         msg = f"planes={planes} must be >= 1 and max_px={max_px} >= 16"
-        raise ValueError(msg)
+        raise OptionError(msg)
     final = Path(os.path.abspath(os.fspath(path)))
     if final.exists() and not overwrite:
         msg = f"the output {os.fspath(final)!r} already exists: pass overwrite=True / --overwrite"

@@ -23,6 +23,9 @@ import dask.local
 import dask.threaded
 from dask.callbacks import Callback
 
+from zchunk.chunking import Budget
+from zchunk.errors import OptionError
+
 if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Iterator
@@ -240,7 +243,7 @@ def _address(client: Client) -> str:
     """Return the address of the scheduler that `client` is connected to."""
     if client.scheduler is None:
         msg = f"the dask client {client!r} is not connected to a scheduler"
-        raise ValueError(msg)
+        raise OptionError(msg)
     return str(client.scheduler.address)
 
 
@@ -265,7 +268,7 @@ def _check_scheduler(
             f"scheduler={scheduler!r} and scheduler_file={os.fspath(scheduler_file)!r} both "
             "name a scheduler: give one of them"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if isinstance(scheduler, str) and not (
         scheduler in SCHEDULERS or is_scheduler_address(scheduler)
     ):
@@ -273,16 +276,16 @@ def _check_scheduler(
             f"scheduler={scheduler!r} is not one of {', '.join(SCHEDULERS)} nor a "
             "dask.distributed scheduler address such as tcp://10.0.0.5:8786"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
     if scheduler_file is not None and not os.path.isfile(scheduler_file):
         msg = (
             f"scheduler_file={os.fspath(scheduler_file)!r} does not exist: start the scheduler "
             "with `dask scheduler --scheduler-file FILE` on a file system this machine sees"
         )
-        raise ValueError(msg)
+        raise OptionError(msg)
 
 
-def worker_memory_limit(memory_limit: int | str | None, workers: int) -> int:
+def worker_memory_limit(memory_limit: int | str | Budget | None, workers: int) -> int:
     """Memory limit of each of `workers` local worker processes sharing the budget.
 
     Each worker gets an equal share of the budget (``memory_limit``, default: the smaller of
@@ -293,10 +296,7 @@ def worker_memory_limit(memory_limit: int | str | None, workers: int) -> int:
     >>> worker_memory_limit("2GiB", 4) // 2**20
     1024
     """
-    from zchunk.chunking import default_memory_limit, parse_memory
-
-    budget = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
-    return budget // workers + WORKER_OVERHEAD
+    return Budget.parse(memory_limit, workers).bytes // workers + WORKER_OVERHEAD
 
 
 def _connect(
@@ -304,7 +304,7 @@ def _connect(
     scheduler: str | None,
     scheduler_file: str | os.PathLike[str] | None,
     workers: int | None,
-    memory_limit: int | str | None,
+    memory_limit: int | str | Budget | None,
 ) -> Client:
     """Start or join the cluster that `scheduler` names; closed when `stack` closes."""
     from distributed import Client, LocalCluster
@@ -335,7 +335,7 @@ def _connect(
             f"cannot connect to the dask scheduler at {where}: {exc}. Check that "
             "`dask scheduler` runs there and that this machine can reach it"
         )
-        raise ValueError(msg) from exc
+        raise OptionError(msg) from exc
     connected: Client = stack.enter_context(client)
     return connected
 
@@ -357,7 +357,7 @@ def compute_context(
     *,
     scheduler_file: str | os.PathLike[str] | None = None,
     workers: int | None = None,
-    memory_limit: int | str | None = None,
+    memory_limit: int | str | Budget | None = None,
     progress: bool = False,
     description: str = "computing",
     nbytes: int = 0,
@@ -384,7 +384,7 @@ def compute_context(
     workers : int, optional
         Worker threads (``"threads"``) or processes (``"processes"``); default one per core.
         A remote cluster has the workers it has.
-    memory_limit : int or str, optional
+    memory_limit : int, str or Budget, optional
         Memory budget for all workers together (``"2GiB"``); with ``"processes"`` each
         worker's limit is its share plus :data:`WORKER_OVERHEAD`.
     progress : bool
@@ -399,8 +399,8 @@ def compute_context(
 
     Raises
     ------
-    ValueError
-        If `scheduler` is unknown, both `scheduler` and `scheduler_file` are given, the file
+    OptionError
+        (a ValueError) If `scheduler` is unknown, both `scheduler` and `scheduler_file` are given, the file
         does not exist, `workers` is below 1, or the scheduler cannot be reached.
 
     Examples
@@ -412,7 +412,7 @@ def compute_context(
     _check_scheduler(scheduler, scheduler_file)
     if workers is not None and workers < 1:
         msg = f"workers={workers} must be at least 1"
-        raise ValueError(msg)
+        raise OptionError(msg)
     spec = (
         scheduler if isinstance(scheduler, str | None) else id(scheduler),
         None if scheduler_file is None else os.fspath(scheduler_file),

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from zchunk._source import Source
-    from zchunk.chunking import ChunkPlan
+    from zchunk.chunking import ChunkPlan, Purpose
 
 __all__ = ["AXIS_ORDER", "Stack", "normalize_unit"]
 
@@ -165,6 +165,17 @@ class Stack:
     def replace(self, **changes: Any) -> Stack:
         """Return a copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
+
+    def replanned(self, *, whole: str, purpose: Purpose) -> Stack | None:
+        """Return this stack read again from its source in other chunks; None without a source.
+
+        The chunks hold the axes `whole` whole and are planned for `purpose` within the
+        budget the stack was opened with; axes, calibration, name and attrs are kept.
+        """
+        if self.source is None:
+            return None
+        fresh = self.source.reopen(whole=whole, purpose=purpose)
+        return self.replace(data=fresh.data, plan=fresh.plan, source=fresh.source)
 
     def drop_axis(self, letter: str, data: da.Array) -> Stack:
         """Return a Stack holding `data`, which is this stack with axis `letter` reduced away."""

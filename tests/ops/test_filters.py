@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 import zchunk
+from zchunk.chunking import FILTER_MEMORY_FACTOR, Purpose
 from zchunk.errors import ChunkingError, StackFormatError
 from zchunk.ops.filters import FILTERS, MODES
 from zchunk.ops.filters import filter as zfilter
@@ -329,7 +330,8 @@ def test_result_keeps_calibration_and_describes_the_filter(data):
     )
     assert out.name == "gaussian-cells.tif"
     assert out.source is None
-    assert out.plan == stack.plan
+    assert out.plan.purpose == Purpose.filter(8)  # re-planned for the filter: halo 4 x sigma 2
+    assert out.plan.budget == stack.plan.budget // FILTER_MEMORY_FACTOR
     assert out.attrs["filter"] == {
         "name": "gaussian",
         "sigma": (1.0, 2.0, 2.0),
@@ -435,7 +437,9 @@ def test_filter_of_an_opened_file_reads_chunk_and_halo_in_one_task(tmp_path):
     g = zchunk.filter(s, "gaussian", sigma=1.5)
     layers = list(g.data.__dask_graph__().layers)
     assert len(layers) == 1  # one task per chunk: read with halo, filter, trim
-    assert g.data.chunks == s.data.chunks
+    assert g.data.numblocks[1] > 1
+    # re-planned for the filter (budget / 5, bands >= 4 halos), as the CLI plans it
+    assert g.data.chunks == s.replanned(whole="z", purpose=Purpose.filter(6)).data.chunks
     expected = ndimage.gaussian_filter(data.astype(np.float64), 1.5)
     assert_float32_close(g.data.compute(), expected, data)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import glob
 import os
 import re
@@ -16,7 +14,7 @@ from dask.base import tokenize
 
 from zchunk._graph import from_tasks, grid
 from zchunk._partial import incomplete_reason, partial_path
-from zchunk.chunking import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
+from zchunk.chunking import PROJECTION, Budget, Purpose, plan
 from zchunk.errors import IncompleteOutputError, SourceNotFoundError, StackFormatError
 from zchunk.io import _tiff, _zarr
 from zchunk.io._source import OpenArgs, OpenedSource
@@ -24,11 +22,11 @@ from zchunk.io._tiff_parse import parse_tiff, parse_tiff_files
 from zchunk.stack import Stack, default_axes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from zchunk._types import MemoryLike, SourceLike
 
-__all__ = ["default_workers", "min_tile", "natural_key", "open", "parse_scale", "plan_for"]
+__all__ = ["natural_key", "open", "open_planned", "parse_scale"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
@@ -42,67 +40,6 @@ def natural_key(path: str) -> list[Any]:
     ['z1.tif', 'z2.tif', 'z10.tif']
     """
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
-
-
-def default_workers() -> int:
-    """Worker threads dask's threaded scheduler uses here (its pool size)."""
-    import dask
-
-    n = dask.config.get("num_workers", None)
-    return int(n) if n else max(1, len(os.sched_getaffinity(0)))
-
-
-def _budget(memory_limit: MemoryLike) -> int:
-    return default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
-
-
-#: Smallest band/tile side the planner may choose, set by :func:`min_tile` (filters' halos).
-_MIN_TILE: contextvars.ContextVar[int] = contextvars.ContextVar("zchunk_min_tile", default=1)
-
-
-@contextlib.contextmanager
-def min_tile(pixels: int) -> Iterator[None]:
-    """Plan chunks of at least `pixels` rows (and columns, when x is split) inside the block.
-
-    Filters exchange halos with their neighbours: opening the stack to be filtered under
-    ``min_tile(4 * halo)`` keeps the halo small next to the chunk.
-    """
-    token = _MIN_TILE.set(max(1, int(pixels)))
-    try:
-        yield
-    finally:
-        _MIN_TILE.reset(token)
-
-
-def plan_for(
-    shape: tuple[int, ...],
-    axes: str,
-    dtype: np.dtype[Any],
-    *,
-    memory_limit: MemoryLike = None,
-    workers: int | None = None,
-    whole: str = "z",
-    y_align: int = 1,
-    x_align: int | None = 1,
-    segment_bytes: int = 0,
-) -> ChunkPlan:
-    """Plan chunks for an array already in memory or in a store (see :func:`plan_chunks`)."""
-    min_tile = _MIN_TILE.get()
-    if "y" not in axes or "x" not in axes or axes[-2:] != "yx":
-        msg = f"axes {axes!r} must end with 'yx' (y and x are the last two axes)"
-        raise StackFormatError(msg)
-    return plan_chunks(
-        shape,
-        axes,
-        np.dtype(dtype).itemsize,
-        budget=_budget(memory_limit),
-        workers=workers or default_workers(),
-        whole=whole,
-        y_align=y_align,
-        x_align=x_align,
-        segment_bytes=segment_bytes,
-        min_tile=min_tile,
-    )
 
 
 def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
@@ -175,18 +112,19 @@ def _read_tasks(
 
 
 def _open_tiff(
-    kind: str, paths: list[str], axes: str | None, memory_limit: MemoryLike, whole: str
+    kind: str, paths: list[str], axes: str | None, budget: Budget, purpose: Purpose, whole: str
 ) -> tuple[Stack, Any]:
     info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
     layout = info.layout
     shape = info.shape
     ax = _resolve_axes(info.axes, axes, len(shape), paths[0] if kind == "file" else "the files")
     decoded = layout.compressed or layout.tiled
-    plan = plan_for(
+    chunk_plan = plan(
         shape,
         ax,
         layout.dtype,
-        memory_limit=memory_limit,
+        budget,
+        purpose=purpose,
         whole=whole,
         y_align=layout.segment_shape[0] if decoded else 1,
         x_align=layout.segment_shape[1] if layout.tiled else (None if decoded else 1),
@@ -196,7 +134,7 @@ def _open_tiff(
             else 0
         ),
     )
-    chunks = grid(shape, plan.chunks)
+    chunks = grid(shape, chunk_plan.chunks)
     dtype = layout.dtype.newbyteorder("=")
     name = "zchunk-read-" + tokenize(repr((layout.files, shape)), chunks, dtype.str)
     data = from_tasks(
@@ -217,23 +155,29 @@ def _open_tiff(
             "channel_names": info.channel_names,
             "tiff_metadata": info.metadata,
         },
-        plan=plan,
+        plan=chunk_plan,
     ), _tiff.RegionReader(layout, shape[:-2])
 
 
 def _open_zarr(
-    path: str, axes: str | None, memory_limit: MemoryLike, whole: str, allow_incomplete: bool
+    path: str,
+    axes: str | None,
+    budget: Budget,
+    purpose: Purpose,
+    whole: str,
+    allow_incomplete: bool,
 ) -> tuple[Stack, Any]:
     info = _zarr.parse_zarr(path, allow_incomplete=allow_incomplete)
     array = info.array
     shape = tuple(int(n) for n in array.shape)
     ax = _resolve_axes(info.axes, axes, len(shape), path)
     cy, cx = int(array.chunks[-2]), int(array.chunks[-1])
-    plan = plan_for(
+    chunk_plan = plan(
         shape,
         ax,
         np.dtype(array.dtype),
-        memory_limit=memory_limit,
+        budget,
+        purpose=purpose,
         whole=whole,
         y_align=cy,
         x_align=cx,
@@ -242,8 +186,8 @@ def _open_zarr(
     checked = _zarr.CheckedArray(array, path)
     data = da.from_array(
         checked,
-        chunks=plan.chunks,
-        name="zchunk-zarr-" + tokenize(os.path.abspath(path), array.path, shape, plan.chunks),
+        chunks=chunk_plan.chunks,
+        name="zchunk-zarr-" + tokenize(os.path.abspath(path), array.path, shape, chunk_plan.chunks),
         meta=np.empty((0,) * len(shape), dtype=checked.dtype),
         asarray=False,
     )
@@ -260,26 +204,26 @@ def _open_zarr(
             "layout": info.layout,
             "channel_names": info.channel_names,
         },
-        plan=plan,
+        plan=chunk_plan,
     ), checked  # checked[slices] reads a region, halo included
 
 
 def _open_array(
-    array: np.ndarray | da.Array, axes: str | None, memory_limit: MemoryLike, whole: str
+    array: np.ndarray | da.Array, axes: str | None, budget: Budget, purpose: Purpose, whole: str
 ) -> tuple[Stack, Any]:
     if np.dtype(array.dtype).kind not in "uif":
         msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
         raise StackFormatError(msg)
     ax = _resolve_axes(None, axes, array.ndim, "the array")
-    plan = plan_for(
-        tuple(array.shape), ax, np.dtype(array.dtype), memory_limit=memory_limit, whole=whole
+    chunk_plan = plan(
+        tuple(array.shape), ax, np.dtype(array.dtype), budget, purpose=purpose, whole=whole
     )
     if isinstance(array, da.Array):
-        data = array.rechunk(plan.chunks)
+        data = array.rechunk(chunk_plan.chunks)
     else:
-        data = da.from_array(array, chunks=plan.chunks)
+        data = da.from_array(array, chunks=chunk_plan.chunks)
     return Stack(
-        data, axes=ax, name="array", attrs={"layout": {"format": "array"}}, plan=plan
+        data, axes=ax, name="array", attrs={"layout": {"format": "array"}}, plan=chunk_plan
     ), None
 
 
@@ -288,7 +232,7 @@ def open(
     /,
     *,
     axes: str | None = None,
-    memory_limit: MemoryLike = None,
+    memory_limit: MemoryLike | Budget = None,
     whole: str = "z",
     allow_incomplete: bool = False,
     scale: dict[str, float] | None = None,
@@ -304,9 +248,10 @@ def open(
     axes : str, optional
         Axis letters of ``"tczyx"`` overriding the file's metadata. Without metadata a 3-D
         stack is ``"zyx"`` and a 4-D one ``"tzyx"``.
-    memory_limit : int or str, optional
+    memory_limit : int, str or Budget, optional
         Memory budget for all workers, e.g. ``"2GiB"``; default the smaller of 1 GiB and a
-        quarter of RAM. Sets the chunk size.
+        quarter of RAM. Sets the chunk size (planned for projections; ``zchunk.filter``
+        re-plans for itself).
     whole : str
         Axes held whole in every chunk: ``"z"`` (default) for z-projections and filters, ``"t"``
         for projections over time.
@@ -346,8 +291,31 @@ def open(
     >>> s.axes, s.shape, s.data.chunks[0]
     ('zyx', (4, 32, 32), (4,))
     """
+    return open_planned(
+        source,
+        axes=axes,
+        budget=Budget.parse(memory_limit),
+        whole=whole,
+        purpose=PROJECTION,
+        allow_incomplete=allow_incomplete,
+        scale=scale,
+    )
+
+
+def open_planned(
+    source: SourceLike,
+    /,
+    *,
+    axes: str | None,
+    budget: Budget,
+    whole: str,
+    purpose: Purpose,
+    allow_incomplete: bool,
+    scale: dict[str, float] | None,
+) -> Stack:
+    """Open `source` as :func:`open` does, with chunks planned for `purpose` within `budget`."""
     if isinstance(source, (np.ndarray, da.Array)):
-        stack, reader = _open_array(source, axes, memory_limit, whole)
+        stack, reader = _open_array(source, axes, budget, purpose, whole)
     else:
         kind, paths = _list_sources(source)
         reason = incomplete_reason(paths[0]) if kind in ("zarr", "file") else None
@@ -358,16 +326,16 @@ def open(
             )
             raise IncompleteOutputError(msg)
         if kind == "zarr":
-            stack, reader = _open_zarr(paths[0], axes, memory_limit, whole, allow_incomplete)
+            stack, reader = _open_zarr(paths[0], axes, budget, purpose, whole, allow_incomplete)
         else:
             bad = [p for p in paths if _zarr.is_zarr(p)]
             if bad:
                 msg = f"{bad[0]} is a zarr store: open it on its own"
                 raise StackFormatError(msg)
-            stack, reader = _open_tiff(kind, paths, axes, memory_limit, whole)
+            stack, reader = _open_tiff(kind, paths, axes, budget, purpose, whole)
     if scale:
         stack = _calibrate(stack, scale)
-    args = OpenArgs(source, axes, memory_limit, allow_incomplete, scale)
+    args = OpenArgs(source, axes, budget, allow_incomplete, scale)
     return stack.replace(source=OpenedSource(stack.data.name, args, reader))
 
 

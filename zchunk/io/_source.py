@@ -12,7 +12,8 @@ from zchunk.io._tiff import RegionReader
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from zchunk._types import MemoryLike, SourceLike
+    from zchunk._types import SourceLike
+    from zchunk.chunking import Budget, Purpose
     from zchunk.stack import Stack
 
 __all__ = ["OpenArgs", "OpenedSource"]
@@ -24,19 +25,20 @@ class OpenArgs:
 
     source: SourceLike
     axes: str | None
-    memory_limit: MemoryLike
+    budget: Budget
     allow_incomplete: bool
     scale: dict[str, float] | None
 
-    def open(self, whole: str) -> Stack:
-        """Open the input again with `whole` held whole in every chunk."""
-        from zchunk.io import open
+    def open(self, whole: str, purpose: Purpose) -> Stack:
+        """Open the input again with `whole` held whole in chunks planned for `purpose`."""
+        from zchunk.io import open_planned
 
-        return open(
+        return open_planned(
             self.source,
             axes=self.axes,
-            memory_limit=self.memory_limit,
+            budget=self.budget,
             whole=whole,
+            purpose=purpose,
             allow_incomplete=self.allow_incomplete,
             scale=self.scale,
         )
@@ -93,6 +95,6 @@ class OpenedSource:
             for a in range(ys.start, ys.stop, step)
         )
 
-    def reopen(self, *, whole: str) -> Stack:
-        """Open the same input again with the axes `whole` held whole in every chunk."""
-        return self.args.open(whole)
+    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
+        """Open the same input again, `whole` held whole in chunks planned for `purpose`."""
+        return self.args.open(whole, purpose)

@@ -74,6 +74,7 @@ import numpy as np
 from scipy import ndimage
 
 from zchunk._graph import from_tasks
+from zchunk.chunking import Purpose
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._filter_kernels import store_rounded
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
@@ -102,11 +103,6 @@ FilterName = Literal[
 ]
 FILTERS: tuple[str, ...] = get_args(FilterName)
 
-#: How much more memory a filtered chunk needs than a projected one, measured with
-#: tests/test_memory.py: the halo'd copy of the chunk and its neighbours' edges, the float32
-#: working copy, scipy's output and temporaries, and the encoded output. Open stacks to be
-#: filtered with the memory budget divided by this.
-MEMORY_FACTOR = 5
 Mode = Literal["reflect", "nearest", "mirror", "constant"]
 MODES: tuple[str, ...] = get_args(Mode)
 
@@ -471,19 +467,25 @@ def _merge_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
     return tuple(merged)
 
 
-def _whole_z(stack: Stack, name: str) -> Stack:
-    """Return `stack` with z in one chunk: reopen the source, or refuse to exchange z halos."""
-    i = stack.axis("z")
-    if stack.data.numblocks[i] == 1:
-        return stack
-    if stack.source is not None:
-        return stack.source.reopen(whole="z")
-    msg = (
-        f"z is split into {stack.data.numblocks[i]} chunks but a 3-D {name} needs the whole z "
-        f"axis in every chunk: open the stack with zchunk.open(...) (whole z, the default), "
-        f"or pass per_plane=True to filter each plane in 2-D"
-    )
-    raise ChunkingError(msg)
+def _planned(stack: Stack, name: str, letters: str, purpose: Purpose) -> Stack:
+    """Return `stack` in chunks planned for this filter, z whole for a 3-D one.
+
+    A stack with a source is read again in such chunks (unless it is already); one without
+    must hold z whole already for a 3-D filter: z halos are never exchanged.
+    """
+    split = "z" in letters and stack.data.numblocks[stack.axis("z")] > 1
+    plan = stack.plan
+    if stack.source is not None and (split or (plan is not None and plan.purpose != purpose)):
+        whole = "z" if "z" in letters or plan is None else plan.whole
+        return stack.replanned(whole=whole, purpose=purpose) or stack
+    if split:
+        msg = (
+            f"z is split into {stack.data.numblocks[stack.axis('z')]} chunks but a 3-D {name} "
+            f"needs the whole z axis in every chunk: open the stack with zchunk.open(...) "
+            f"(whole z, the default), or pass per_plane=True to filter each plane in 2-D"
+        )
+        raise ChunkingError(msg)
+    return stack
 
 
 # public API -----------------------------------------------------------------------------------
@@ -669,8 +671,8 @@ def filter(
     if out_dtype is not None and out_dtype.kind not in "iuf":
         msg = f"dtype={out_dtype} is not an integer or float type"
         raise OptionError(msg)
-    if "z" in letters:
-        stack = _whole_z(stack, name)
+    halo = halo_pixels(name, sigma=sigma, size=size, truncate=truncate)
+    stack = _planned(stack, name, letters, Purpose.filter(halo))
 
     axes = tuple(sorted(stack.axis(a) for a in letters))
     by_axis = {stack.axis(a): i for i, a in enumerate(letters)}

@@ -41,7 +41,7 @@ import dask.array as da
 import numpy as np
 
 from zchunk._graph import split_outputs, task_layer
-from zchunk.chunking import plan_stream_rows
+from zchunk.chunking import PROJECTION, plan_stream_rows
 from zchunk.errors import ChunkingError, OptionError, StackFormatError, option
 from zchunk.ops import _kernels
 
@@ -406,8 +406,9 @@ def _whole_along(stack: Stack, axis: str) -> Stack:
     i = stack.axis(axis)
     if stack.data.numblocks[i] == 1:
         return stack
-    if stack.source is not None:
-        return stack.source.reopen(whole=axis)
+    replanned = stack.replanned(whole=axis, purpose=PROJECTION)
+    if replanned is not None:
+        return replanned
     msg = (
         f"axis {axis!r} is split into {stack.data.numblocks[i]} chunks; open the stack with "
         f"zchunk.open(..., whole={axis!r}) so every chunk holds the whole {axis} axis"

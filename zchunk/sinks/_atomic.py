@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zchunk.errors import OutputExistsError
+from zchunk.errors import OptionError, OutputExistsError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -209,7 +209,7 @@ def prepare_output(path: PathLike, attrs: Mapping[str, Any], *, overwrite: bool)
     final = Path(os.path.abspath(os.fspath(path)))
     if not final.name or final.name in {".", ".."}:
         msg = f"the output path {os.fspath(path)!r} does not name a file or folder"
-        raise ValueError(msg)
+        raise OptionError(msg)
     _check_not_an_input(final, _source_paths(attrs))
     if os.path.lexists(final) and not overwrite:
         raise OutputExistsError(_exists_message(final))
