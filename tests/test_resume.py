@@ -173,11 +173,17 @@ def test_partial_output_needs_resume_or_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
 
 
-def test_finished_output_is_not_resumed_over(tmp_path):
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_resume_of_a_finished_output_keeps_it_or_refuses_it(tmp_path, writer):
     stack, _ = make_stack()
-    to_zarr(stack, tmp_path / "a.zarr")
-    with pytest.raises(OutputExistsError, match="already exists"):
-        to_zarr(stack, tmp_path / "a.zarr", resume=True)
+    out = WRITERS[writer](stack, tmp_path)
+    before = tree(out)
+    assert WRITERS[writer](stack, tmp_path, resume=True) == out  # nothing to do
+    assert tree(out) == before
+    other = stack.replace(data=stack.data.astype(np.float32))  # not this run's output
+    with pytest.raises(OutputExistsError, match=r"not this run's finished output.*float32"):
+        WRITERS[writer](other, tmp_path, resume=True)
+    assert tree(out) == before
 
 
 def test_other_failures_delete_the_partial_output(tmp_path):

@@ -9,14 +9,20 @@ are computed from it (see :mod:`zchunk.sinks._pyramid`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import zarr
 
 from zchunk.errors import OptionError
 from zchunk.sinks._atomic import prepare_output
 from zchunk.sinks._pyramid import level_scales, level_shapes, write_levels
-from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
+from zchunk.sinks._resume import (
+    finished_output,
+    resumable_output,
+    settings_of,
+    store_resumable,
+)
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
@@ -40,6 +46,11 @@ NGFF_VERSIONS: dict[str, Literal[2, 3]] = {"0.5": 3, "0.4": 2}
 
 #: Axis order NGFF requires: time, then channel, then space.
 NGFF_AXES = "tczyx"
+
+
+def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
+    array = zarr.open_group(path, mode="r")["0"]
+    return int(array.size), np.dtype(array.dtype)  # type: ignore[union-attr]
 
 
 def _ngff_order(stack: Stack) -> Stack:
@@ -174,6 +185,8 @@ def to_ome_zarr(
     zarr_format = NGFF_VERSIONS[ngff_version]
     fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
     stack = _ngff_order(stack)
+    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
+        return done
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
     scale = [1.0 if s is None else float(s) for s in stack.scale]

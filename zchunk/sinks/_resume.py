@@ -32,6 +32,7 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -51,14 +52,14 @@ from zchunk.errors import (
     ZChunkError,
 )
 from zchunk.sinks import _markers
-from zchunk.sinks._atomic import GuardedTarget, _commit, abandon, remove_path
+from zchunk.sinks._atomic import TEMP_MARKER, GuardedTarget, _commit, abandon, remove_path
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._markers import stored_digest, verified, write_marker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
-    from pathlib import Path
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
+    from zchunk._types import PathLike
     from zchunk.stack import Stack
 
 __all__ = [
@@ -305,7 +306,7 @@ def _existing_folder(path: Path) -> Path:
     return folder
 
 
-def check_free_space(final: Path, nbytes: int, *, compressed: bool) -> None:
+def check_free_space(final: Path, nbytes: int, *, compressed: bool, what: str = "") -> None:
     """Raise DiskSpaceError if the folder of `final` has less than `nbytes` free.
 
     Parameters
@@ -317,6 +318,8 @@ def check_free_space(final: Path, nbytes: int, *, compressed: bool) -> None:
         compressed output, which the message says).
     compressed : bool
         Whether the output is compressed, for the message.
+    what : str, optional
+        What needs the space, for the message (default: `final`).
 
     Raises
     ------
@@ -329,7 +332,7 @@ def check_free_space(final: Path, nbytes: int, *, compressed: bool) -> None:
         return
     size = "its uncompressed size; compressed data usually take less" if compressed else "raw"
     msg = (
-        f"not enough free disk space for {os.fspath(final)!r}: it needs about "
+        f"not enough free disk space for {what or repr(os.fspath(final))}: it needs about "
         f"{format_bytes(nbytes)} ({size}) but {os.fspath(folder)!r} has "
         f"{format_bytes(free)} free; free some space or write elsewhere"
     )
@@ -373,6 +376,18 @@ class PartialWrite:
     fresh: bool
     done: set[tuple[int, ...]]
     chunks: tuple[tuple[int, ...], ...]
+    settings: dict[str, Any]
+
+    def record_layout(self) -> None:
+        """Record a fresh partial output, once laid out and synced, before any block.
+
+        Lay out, sync, then record: a partial output killed while being laid out has no
+        record, so it is started over rather than trusted.
+        """
+        if self.record.is_dir():
+            return
+        _sync(self.partial)
+        _write_record(self.record, self.settings)
 
     def align(self, data: da.Array) -> da.Array:
         """Return `data` rechunked to the partial output's blocks if they differ."""
@@ -396,15 +411,21 @@ class PartialWrite:
         _discard(self.partial, self.record)
 
 
-def _start(partial: Path, record: Path, settings: Mapping[str, Any], *, folder: bool) -> None:
-    """Create the record of a fresh partial output (and its folder), before any pixel."""
+def _start(partial: Path, *, folder: bool) -> None:
+    """Create a fresh partial folder; its record is made once it is laid out."""
     if folder:
         partial.mkdir()
-    try:
-        _write_record(record, settings)
-    except BaseException:
-        remove_path(partial)
-        raise
+
+
+def _sync(path: Path) -> None:
+    """Flush file `path`, or every file of folder `path` (its layout: metadata only), to disk."""
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _begin(
@@ -456,15 +477,130 @@ def _begin(
         if os.path.lexists(partial) or os.path.lexists(record):
             _discard(partial, record)
         check_free_space(final, nbytes, compressed=compressed)
-        _start(partial, record, settings, folder=folder)
-        return PartialWrite(final, partial, record, folder, True, set(), chunks)
+        _start(partial, folder=folder)
+        return PartialWrite(final, partial, record, folder, True, set(), chunks, settings)
     old = _chunks(state[0])
     done = state[1]
     if folder:
         _remove_store_temporaries(partial)
     left = 1.0 - len(done) / max(math.prod(len(c) for c in old), 1)
     check_free_space(final, int(nbytes * left), compressed=compressed)
-    return PartialWrite(final, partial, record, folder, False, done, old)
+    return PartialWrite(final, partial, record, folder, False, done, old, state[0])
+
+
+def clean_stale(final: Path) -> None:
+    """Delete what killed runs left next to `final`; call with `final`'s lock held.
+
+    Every run writing `final` holds its lock, so the temporaries of other processes are
+    stale: the page file of a compressed TIFF (``.<name>.zchunk-tmp-<pid>-<hex>``) and a
+    record being created. An old output moved aside (``-old-``) by a run killed before it
+    moved the new one in is put back when `final` is missing, else deleted.
+    """
+    prefix = f".{final.name}{TEMP_MARKER}"
+    record_tmp = record_path(partial_path(final), folder=False).name + "-new-"
+    mine = f"-{os.getpid()}-"
+    try:
+        names = os.listdir(final.parent)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if mine in name:
+            continue
+        path = final.parent / name
+        if name.startswith(f"{prefix}old-") and not os.path.lexists(final):
+            with contextlib.suppress(OSError):
+                os.rename(path, final)
+        elif name.startswith((f"{prefix}tmp-", f"{prefix}old-", record_tmp)):
+            with contextlib.suppress(OSError):
+                remove_path(path)
+    inside = partial_path(final)
+    if inside.is_dir():
+        for name in os.listdir(inside):
+            if name.startswith(f"{RECORD_NAME}-new-") and mine not in name:
+                with contextlib.suppress(OSError):
+                    remove_path(inside / name)
+
+
+def finished_output(
+    path: PathLike,
+    stack: Stack,
+    *,
+    probe: Callable[[Path], tuple[int, np.dtype[Any]]],
+    overwrite: bool,
+) -> Path | None:
+    """With ``resume=True``: return `path` if it is this run's finished output, else None.
+
+    A finished run left its output and no partial output. It is taken as this run's when it
+    holds as many pixels as `stack`, of its dtype (`probe` reads the output's header), and no
+    input changed after it was written. (An array input, with no files, is not checked further:
+    pass `overwrite` to write it again.) Otherwise, without `overwrite`, OutputExistsError; with it, None (the
+    output is written again).
+    """
+    final = Path(os.path.abspath(os.fspath(path)))
+    if not os.path.lexists(final) or os.path.lexists(partial_path(final)):
+        return None
+    why = None
+    size, dtype = int(stack.data.size), np.dtype(stack.dtype).newbyteorder("=")
+    try:
+        got_size, got_dtype = probe(final)
+    except Exception as exc:  # noqa: BLE001 - any unreadable output is not a finished one
+        why = f"it cannot be read ({type(exc).__name__})"
+    else:
+        if (got_size, np.dtype(got_dtype)) != (size, np.dtype(dtype)):
+            why = f"it holds {got_size} pixels of {got_dtype}, this run {size} of {dtype}"
+    if why is None:
+        written = newest_mtime(final)
+        for source in input_identity(_source_paths(stack)):
+            changed = max(source.get("mtime_ns", 0), source.get("ctime_ns", 0))
+            if source.get("missing") or changed > written:
+                why = f"the input {source['path']} changed after it was written"
+                break
+    if why is None:
+        return final
+    if overwrite:
+        return None
+    msg = (
+        f"the output {os.fspath(final)!r} exists but is not this run's finished output: "
+        f"{why}; pass overwrite=True / --overwrite to write it again"
+    )
+    raise OutputExistsError(msg)
+
+
+def newest_mtime(path: Path) -> int:
+    """Return the modification time of file `path`, or the newest of a folder's files."""
+    if not path.is_dir():
+        return os.stat(path).st_mtime_ns
+    return max((p.stat().st_mtime_ns for p in path.rglob("*")), default=0)
+
+
+def _source_paths(stack: Stack) -> list[str]:
+    sources = stack.attrs.get("source_paths") or ()
+    if isinstance(sources, (str, os.PathLike)):
+        sources = (sources,)
+    return [os.fspath(s) for s in sources if s]
+
+
+def discard_partial(final: Path) -> None:
+    """Delete the partial output of `final` and its record, if any (and its stale lock)."""
+    partial = partial_path(final)
+    with output_lock(final):
+        _discard(partial, record_path(partial, folder=True))
+
+
+def check_run_space(needs: Sequence[tuple[Path, int]]) -> None:
+    """Raise DiskSpaceError unless each file system has room for all it must hold.
+
+    `needs` lists (output, bytes) for everything a run writes, scratch included; the bytes
+    are summed per file system before comparing with its free space, once, up front.
+    """
+    total: dict[int, tuple[Path, int]] = {}
+    for final, nbytes in needs:
+        folder = _existing_folder(final.parent)
+        dev = os.stat(folder).st_dev
+        first, sum_ = total.get(dev, (final, 0))
+        total[dev] = (first, sum_ + nbytes)
+    for final, nbytes in total.values():
+        check_free_space(final, nbytes, compressed=True, what="this run's outputs and scratch")
 
 
 #: zarr's local store writes a chunk to ``<key>.<32 hex digits>.partial``, then renames it.
@@ -546,6 +682,7 @@ def resumable_output(
     input, input changed, a bug) deletes it: nothing is left behind.
     """
     with output_lock(final):
+        clean_stale(final)
         job = _begin(
             final,
             settings,
@@ -633,6 +770,8 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
         if data.chunks != job.chunks:
             msg = f"chunks {data.chunks} are not the partial output's {job.chunks}"
             raise AssertionError(msg)
+        if job.fresh:
+            job.record_layout()
         if job.done:  # trust a marker only if the storage matches it
             job.done = verified(target, os.fspath(job.record / _BLOCKS), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"

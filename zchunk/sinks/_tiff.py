@@ -24,7 +24,12 @@ import tifffile
 
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import atomic_output, prepare_output
-from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
+from zchunk.sinks._resume import (
+    finished_output,
+    resumable_output,
+    settings_of,
+    store_resumable,
+)
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
@@ -323,6 +328,12 @@ class _FileRegions:
         return nbytes, crc
 
 
+def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return math.prod(series.shape), np.dtype(series.dtype)
+
+
 def _layout_record(layout: _Layout) -> dict[str, Any]:
     """Describe what the laid-out TIFF holds besides the pixels (compared on resume)."""
     return {
@@ -423,7 +434,7 @@ def _write_compressed(
         folder=True,
         resume=resume,
         overwrite=overwrite,
-        nbytes=int(data.nbytes),
+        nbytes=2 * int(data.nbytes),  # the scratch array, then the pages
         compressed=True,
     ) as job:
         data = job.align(data)
@@ -551,6 +562,8 @@ def to_tiff(
     codec = _normalize_compression(compression)
     stack = _tiff_order(stack)
     layout = _layout(stack, ome=ome)
+    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
+        return done
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = native_order(stack.data)
     if codec is None:

@@ -18,7 +18,12 @@ from zarr.codecs import BloscCodec
 
 from zchunk.errors import PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import GuardedTarget, prepare_output
-from zchunk.sinks._resume import resumable_output, settings_of, store_resumable
+from zchunk.sinks._resume import (
+    finished_output,
+    resumable_output,
+    settings_of,
+    store_resumable,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -251,6 +256,11 @@ def store_blocks(data: da.Array, target: Any, root: Path) -> None:
     da.store(data, guarded, lock=False, compute=True)
 
 
+def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
+    array = zarr.open_array(path, mode="r")
+    return int(array.size), np.dtype(array.dtype)
+
+
 def _json_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
@@ -352,6 +362,8 @@ def to_zarr(
     ((4, 3, 8), (1, 3, 8), 192, [2.0, 0.5, 0.5])
     """
     check_writable(stack)
+    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
+        return done
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
     attributes = {"zchunk": stack_attributes(stack)}
