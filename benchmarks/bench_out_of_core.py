@@ -169,11 +169,17 @@ def check_filter(path: Path, zarr_path: str, tiles: int, seed: int, sigma: float
         y0 = int(rng.integers(halo, shape[0] - 16 - halo))
         x0 = int(rng.integers(halo, shape[1] - 16 - halo))
         sub = _raw_tile(pages, shape, y0 - halo, y0 + 16 + halo, x0 - halo, x0 + 16 + halo)
-        filtered = ndimage.gaussian_filter(sub.astype(np.float32), sigma)
+        # the contract (README, filters): scipy's float64 result rounded, in >= 99.9 % of
+        # voxels, never off by more than 1 (zchunk computes in float32)
+        filtered = ndimage.gaussian_filter(sub.astype(np.float64), sigma)
         expected = cast_rounded(filtered[:, halo:-halo, halo:-halo], np.uint16)
-        got = out[:, y0 : y0 + 16, x0 : x0 + 16]
-        if not np.array_equal(got, expected):
-            msg = f"gaussian differs from scipy on tile y={y0} x={x0}"
+        got = np.asarray(out[:, y0 : y0 + 16, x0 : x0 + 16])
+        diff = np.abs(got.astype(np.int64) - expected.astype(np.int64))
+        if diff.max() > 1 or np.count_nonzero(diff) > 0.001 * diff.size:
+            msg = (
+                f"gaussian differs from scipy on tile y={y0} x={x0}: max {diff.max()}, "
+                f"{np.count_nonzero(diff)} of {diff.size} voxels off by one"
+            )
             raise AssertionError(msg)
     return tiles
 
