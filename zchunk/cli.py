@@ -7,7 +7,9 @@ Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -418,12 +420,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zchunk: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("zchunk: interrupted", file=sys.stderr)
-        for note in getattr(exc, "__notes__", []):  # how to resume a kept partial output
-            print(note, file=sys.stderr)
-        return 130
+        return _interrupted(exc, standalone=argv is None)
+    except BrokenPipeError:  # e.g. `zchunk info X | head -1`: the reader left
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("zchunk: error: the output pipe was closed before the end", file=sys.stderr)
+        return 2
     finally:
         SPEAKING.reset(token)
+
+
+def _interrupted(exc: KeyboardInterrupt, *, standalone: bool) -> int:
+    """Say in one line that the run was interrupted, and how to resume it; exit code 130."""
+    notes = [n.removeprefix("zchunk: ") for n in getattr(exc, "__notes__", [])]
+    kept = f"; {notes[0]}" if notes else ""  # the partial output kept, and --resume
+    print(f"zchunk: interrupted{kept}", file=sys.stderr, flush=True)
+    if standalone:  # end now: worker threads still running would print their own tracebacks
+        sys.stdout.flush()
+        os._exit(130)
+    return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ __all__ = [
     "OptionError",
     "OutputExistsError",
     "OutputInUseError",
+    "OutputNotWritableError",
     "PartialOutputError",
     "ResumeMismatchError",
     "SourceNotFoundError",
@@ -65,6 +66,10 @@ class OutputExistsError(ZChunkError, FileExistsError):
 
 class PartialOutputError(OutputExistsError):
     """An interrupted run left a partial output: continue it (``resume``) or ``overwrite`` it."""
+
+
+class OutputNotWritableError(ZChunkError, PermissionError):
+    """The output's folder cannot be written (read-only file system, permissions)."""
 
 
 class OutputInUseError(ZChunkError, RuntimeError):

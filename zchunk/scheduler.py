@@ -299,6 +299,45 @@ def worker_memory_limit(memory_limit: int | str | Budget | None, workers: int) -
     return Budget.parse(memory_limit, workers).bytes // workers + WORKER_OVERHEAD
 
 
+def _file_address(scheduler_file: str | os.PathLike[str]) -> str:
+    """Return the address in a scheduler file (``dask scheduler --scheduler-file``)."""
+    import json
+
+    try:
+        with open(scheduler_file) as f:
+            info = json.load(f)
+        address = info["address"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        msg = (
+            f"scheduler_file={os.fspath(scheduler_file)!r} is not a dask scheduler file "
+            f"(JSON with an 'address'; {type(exc).__name__}): start the scheduler with "
+            "`dask scheduler --scheduler-file FILE`"
+        )
+        raise OptionError(msg) from None
+    if not isinstance(address, str):
+        msg = f"scheduler_file={os.fspath(scheduler_file)!r} has no scheduler address"
+        raise OptionError(msg)
+    return address
+
+
+def _probe(address: str, where: str, timeout: float = 5.0) -> None:
+    """Fail at once if nothing listens at a tcp:// `address` (distributed retries ~30 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except OSError as exc:
+        msg = (
+            f"cannot connect to the dask scheduler at {where}: {exc.strerror or exc}. Check "
+            "that `dask scheduler` runs there and that this machine can reach it"
+        )
+        raise OptionError(msg) from None
+
+
 def _connect(
     stack: contextlib.ExitStack,
     scheduler: str | None,
@@ -325,6 +364,8 @@ def _connect(
         local: Client = stack.enter_context(Client(cluster, set_as_default=False))
         return local
     where = f"the scheduler file {os.fspath(scheduler_file)!r}" if scheduler_file else scheduler
+    address = _file_address(scheduler_file) if scheduler_file is not None else scheduler
+    _probe(str(address), str(where))
     try:
         if scheduler_file is not None:
             client = Client(scheduler_file=os.fspath(scheduler_file), set_as_default=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -42,6 +43,36 @@ def natural_key(path: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
+def _not_a_file(path: str) -> str:
+    """Say what `path` is, when it is not a file or folder to read.
+
+    Examples
+    --------
+    >>> _not_a_file("/no/such.tif")
+    '/no/such.tif does not exist'
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path} is a loop of symbolic links"
+        if os.path.islink(path):
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"{path} does not exist"
+    if stat.S_ISFIFO(mode):
+        kind = "a named pipe (FIFO)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "not a regular file"
+    target = f" (a symbolic link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    return f"{path} is {kind}{target}, not an image file"
+
+
 def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
     """Return (kind, paths) for a path, a folder, a glob or a list of files."""
     if isinstance(source, (list, tuple)):
@@ -51,8 +82,7 @@ def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
             raise SourceNotFoundError(msg)
         for p in paths:
             if not os.path.isfile(p):
-                msg = f"{p} does not exist or is not a file"
-                raise SourceNotFoundError(msg)
+                raise SourceNotFoundError(_not_a_file(p))
         return "files", paths
     path = os.fspath(source)  # type: ignore[arg-type]
     if os.path.isdir(path):
@@ -72,7 +102,7 @@ def _list_sources(source: SourceLike) -> tuple[str, list[str]]:
             msg = f"no file matches {path}"
             raise SourceNotFoundError(msg)
         return "files", matches
-    msg = f"{path} does not exist"
+    msg = _not_a_file(path)
     if os.path.lexists(partial_path(Path(os.path.abspath(path)))):
         msg += (
             f" (an interrupted run left {partial_path(Path(path)).name} next to it: "

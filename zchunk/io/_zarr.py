@@ -67,7 +67,19 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
     multiscales, version = found
     ms = multiscales[0]
     level0 = ms["datasets"][0]
-    array = group[level0["path"]]
+    where = level0.get("path") if isinstance(level0, dict) else None
+    parts = where.split("/") if isinstance(where, str) else []
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        msg = (
+            f"{path} is a damaged OME-Zarr: its first dataset path {where!r} is not the name "
+            "of an array inside the image"
+        )
+        raise CorruptDataError(msg)
+    try:
+        array = group[where]
+    except (KeyError, ValueError) as exc:
+        msg = f"{path} is a damaged OME-Zarr: its first dataset {where!r} cannot be opened ({exc})"
+        raise CorruptDataError(msg) from None
     axes_meta = ms.get("axes", [])
     names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
     axes = "".join(n.lower() for n in names) if names else None

@@ -364,6 +364,42 @@ def _check_size(name: str, size: Any, letters: str) -> tuple[int, ...]:
     raise OptionError(msg)
 
 
+def _check_kernel(
+    name: str,
+    stack: Stack,
+    letters: str,
+    sigmas: tuple[float, ...],
+    sizes: tuple[int, ...],
+    truncate: float,
+) -> None:
+    """Refuse a kernel larger than the data, before anything is allocated.
+
+    A Gaussian's 1-D weights (float64, 2 * truncate * sigma + 1 of them) must not outweigh the
+    stack; a rank or uniform window must not hold more pixels than the stack, nor be wider
+    than twice an axis (beyond that the reflected image repeats).
+    """
+    shape = {a: int(stack.data.shape[stack.axis(a)]) for a in letters}
+    data = max(int(stack.data.nbytes), 1 << 20)
+    if sigmas:
+        width = max(2 * int(truncate * s + 0.5) + 1 for s in sigmas)
+        if 8 * width > data:
+            msg = (
+                f"sigma={max(sigmas):g} is too large for {name} on a stack of shape "
+                f"{tuple(stack.data.shape)}: its kernel ({width} pixels) outweighs the data; "
+                "use a sigma below the image size"
+            )
+            raise OptionError(msg)
+    if sizes:
+        wide = [a for a, s in zip(letters, sizes, strict=True) if s > 2 * shape[a] + 1]
+        if wide or math.prod(sizes) > int(stack.data.size):
+            msg = (
+                f"size={sizes if len(set(sizes)) > 1 else sizes[0]} is too large for {name} on "
+                f"a stack of shape {tuple(stack.data.shape)}: the window holds more pixels "
+                "than the image; use a size below the image size"
+            )
+            raise OptionError(msg)
+
+
 def _takes(name: str, spec: _Filter) -> str:
     params = ([spec.param] if spec.param else []) + list(spec.extras)
     return f"{name} takes {', '.join(params)}"
@@ -437,10 +473,12 @@ def halo_pixels(
     param = _REGISTRY[name].param if name in _REGISTRY else None
     if param == "sigma" and sigma is not None:
         values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
-        return max(int(truncate * float(v) + 0.5) for v in values)
+        # values the checks refuse (nan, inf, text) have no halo: filter() says why
+        ok = [float(v) for v in values if _is_real(v) and math.isfinite(float(v))]
+        return max((int(truncate * v + 0.5) for v in ok if 0 <= v < 2**40), default=1)
     if param == "size" and size is not None:
         values = [size] if isinstance(size, int) else list(size)
-        return max(int(v) // 2 for v in values)
+        return max((int(v) // 2 for v in values if _is_int(v)), default=1)
     return 1
 
 
@@ -667,6 +705,7 @@ def filter(
     letters = "".join(a for a in _SPATIAL if a in stack.axes and not (plane and a == "z"))
     sigmas = _check_sigma(name, sigma, letters) if spec_entry.param == "sigma" else ()
     sizes = _check_size(name, size, letters) if spec_entry.param == "size" else ()
+    _check_kernel(name, stack, letters, sigmas, sizes, truncate)
     out_dtype = None if dtype is None else np.dtype(dtype)
     if out_dtype is not None and out_dtype.kind not in "iuf":
         msg = f"dtype={out_dtype} is not an integer or float type"

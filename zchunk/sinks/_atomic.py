@@ -11,6 +11,7 @@ are not ``fsync``-ed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zchunk.errors import OptionError, OutputExistsError
+from zchunk.errors import OptionError, OutputExistsError, OutputNotWritableError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -213,8 +214,24 @@ def prepare_output(path: PathLike, attrs: Mapping[str, Any], *, overwrite: bool)
     _check_not_an_input(final, _source_paths(attrs))
     if os.path.lexists(final) and not overwrite:
         raise OutputExistsError(_exists_message(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise not_writable(final, exc) from None
     return final
+
+
+def not_writable(final: Path, exc: OSError) -> OSError:
+    """Return the error for an output whose folder refuses a write (`exc`), if it is that."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        msg = (
+            f"cannot write {os.fspath(final)!r}: {exc.strerror} ({os.fspath(final.parent)!r}); "
+            "choose a folder you can write to"
+        )
+        err = OutputNotWritableError(msg)
+        err.errno = exc.errno  # str(err) stays `msg`
+        return err
+    return exc
 
 
 def _commit(tmp: Path, final: Path, *, overwrite: bool) -> None:

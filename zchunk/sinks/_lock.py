@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING
 
 from zchunk.errors import OutputInUseError
+from zchunk.sinks._atomic import not_writable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -104,7 +105,10 @@ def _alive_here(holder: dict[str, object]) -> bool:
 def _acquire(final: Path, lock: Path) -> int:
     """Open, lock and sign the lock file of `final`; return its descriptor."""
     for _ in range(100):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise not_writable(final, exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
