@@ -102,9 +102,14 @@ def test_project_many_to_folder_json(zstack, tmp_path, capsys):
     assert summary["methods"] == ["max", "median", "percentile"]
     assert summary["peak_rss_mb"] > 0
     np.testing.assert_array_equal(tifffile.imread(out / "median.tif"), np.median(data, axis=0))
+    # a TIFF holds float32 (ImageJ opens no float64): the median of 16-bit data exactly,
+    # the percentile rounded, with a note
     np.testing.assert_array_equal(
-        tifffile.imread(out / "percentile90.tif"), np.percentile(data, 90, axis=0)
+        tifffile.imread(out / "percentile90.tif"),
+        np.percentile(data, 90, axis=0).astype(np.float32),
     )
+    assert summary["output_dtypes"]["median"] == "float32"
+    assert [n.split(":")[0] for n in summary["notes"]] == ["percentile90.tif"]
 
 
 def test_project_imagej_zarr_format(zstack, tmp_path):

@@ -53,3 +53,43 @@ def test_cli_errors_speak_cli(tmp_path, capsys):
     assert "--like imagej" in err
     assert "--like numpy" in err
     assert "like=" not in err
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+@pytest.mark.parametrize("command", ["project", "filter"])
+def test_ngff_version_and_pyramid_from_the_cli(tmp_path, version, command):
+    import zarr
+
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, blobs((3, 16, 16), np.uint16, seed=2), photometric="minisblack")
+    out = tmp_path / "o.ome.zarr"
+    args = (
+        ["project", str(src), "-m", "max"]
+        if command == "project"
+        else ["filter", str(src), "gaussian", "--sigma", "1"]
+    )
+    assert (
+        main([*args, "-o", str(out), "--ngff-version", version, "--pyramid", "1", "--quiet"]) == 0
+    )
+    group = zarr.open_group(out, mode="r")
+    assert group.metadata.zarr_format == (2 if version == "0.4" else 3)
+    assert sorted(group.array_keys()) == ["0", "1"]
+
+
+def test_ngff_version_of_a_tiff_output_is_refused(tmp_path, capsys):
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, blobs((3, 16, 16), np.uint16, seed=2), photometric="minisblack")
+    assert main(["project", str(src), "-o", str(tmp_path / "m.tif"), "--ngff-version", "0.4"]) == 2
+    assert "--ngff-version 0.4 applies to OME-Zarr outputs only" in capsys.readouterr().err
+
+
+def test_save_ngff_version(tmp_path):
+    import zarr
+
+    import zchunk
+
+    s = zchunk.open(blobs((3, 16, 16), np.uint16, seed=2))
+    out = zchunk.save(s, tmp_path / "a.ome.zarr", ngff_version="0.4")
+    assert zarr.open_group(out, mode="r").metadata.zarr_format == 2
+    with pytest.raises(zchunk.errors.OptionError, match=r"ngff_version='0\.4' applies"):
+        zchunk.save(s, tmp_path / "a.zarr", ngff_version="0.4")

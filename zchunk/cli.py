@@ -104,6 +104,19 @@ def _add_write(p: argparse.ArgumentParser) -> None:
         help="read an input with missing blocks or chunks (they read as zeros)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument(
+        "--pyramid",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with an .ome.zarr output: N extra levels, y/x halved each (mean)",
+    )
+    p.add_argument(
+        "--ngff-version",
+        choices=["0.4", "0.5"],
+        default=None,
+        help="NGFF version of .ome.zarr outputs: 0.5 (default, zarr v3) or 0.4 (Fiji's readers)",
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -126,6 +139,8 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
+        for note in summary.get("notes", ()):
+            print(f"zchunk: note: {note}", file=sys.stderr)
         for name, path in summary["outputs"].items():
             print(f"{name}: {path}")
         print(
@@ -162,6 +177,8 @@ def _cmd_project(args: argparse.Namespace) -> int:
         resume=args.resume,
         allow_incomplete=args.allow_incomplete,
         scale=_scale(args),
+        pyramid=args.pyramid,
+        ngff_version=args.ngff_version,
     )
     _print_summary(args, summary)
     return 0
@@ -202,6 +219,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         allow_incomplete=args.allow_incomplete,
         pyramid=args.pyramid,
         scale=_scale(args),
+        ngff_version=args.ngff_version,
     )
     _print_summary(args, summary)
     return 0
@@ -351,13 +369,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="cast the output, rounded and clipped")
     p.add_argument("-o", "--output", required=True, help="output .tif, .ome.tif, .zarr, .ome.zarr")
     p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
-    p.add_argument(
-        "--pyramid",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with an .ome.zarr output: N extra levels, y/x halved each (mean)",
-    )
     _add_write(p)
     _add_run(p)
     p.set_defaults(func=_cmd_filter)

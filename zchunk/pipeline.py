@@ -156,6 +156,8 @@ def run_project(
     resume: bool = False,
     allow_incomplete: bool = False,
     scale: dict[str, float] | None = None,
+    pyramid: int = 0,
+    ngff_version: str | None = None,
 ) -> dict[str, Any]:
     """Open `source`, project it with every method in one read, and write the results.
 
@@ -200,6 +202,11 @@ def run_project(
             dtype=dtype,
         )
         by_name = {result_name(m, q): r for m, r in results.items()}
+        notes: list[str] = []
+        if dtype is None:
+            n = stack.sizes[axis]
+            for (method, result), name in zip(results.items(), names, strict=True):
+                by_name[name] = _imagej_readable(result, paths[name], method, stack.dtype, n, notes)
         with (
             compute_context(
                 scheduler,
@@ -211,7 +218,13 @@ def run_project(
             _no_empty_new_folders(list(paths.values())),
         ):
             written = zchunk.save_many(
-                by_name, paths, overwrite=overwrite, compression=compression, resume=resume
+                by_name,
+                paths,
+                overwrite=overwrite,
+                compression=compression,
+                resume=resume,
+                pyramid=pyramid,
+                ngff_version=ngff_version,
             )
     return _summary(
         "project",
@@ -226,7 +239,33 @@ def run_project(
         axis=axis,
         like=like,
         output_shape=list(next(iter(results.values())).shape),
+        output_dtypes={k: str(v.dtype) for k, v in by_name.items()},
+        notes=notes,
     )
+
+
+def _imagej_readable(
+    result: Stack, path: str, method: str, dtype: Any, n: int, notes: list[str]
+) -> Stack:
+    """Return `result` as float32 when it goes to a TIFF that ImageJ could not open (64-bit).
+
+    ImageJ opens 8-, 16- and 32-bit TIFFs only. A 64-bit result (NumPy's float64 mean,
+    median, std, percentile; uint64/int64 sums) is written as float32, exactly when float32
+    holds its values (the median of 8/16-bit data); otherwise a note says so. ``--dtype
+    float64`` keeps float64 (for readers other than ImageJ).
+    """
+    import numpy as np
+
+    from zchunk.ops.projection import exact_in_float32
+
+    if not path.lower().endswith((".tif", ".tiff")) or result.dtype.itemsize < 8:
+        return result
+    if not exact_in_float32(method, dtype, n):
+        notes.append(
+            f"{os.path.basename(path)}: {result.dtype} values written as float32, rounded to "
+            "7 significant digits (ImageJ opens no 64-bit TIFF); --dtype float64 keeps them"
+        )
+    return result.replace(data=result.data.astype(np.float32))
 
 
 def _open_filtered(
@@ -323,6 +362,7 @@ def run_filter(
     allow_incomplete: bool = False,
     pyramid: int = 0,
     scale: dict[str, float] | None = None,
+    ngff_version: str | None = None,
 ) -> dict[str, Any]:
     """Open `source`, filter the whole volume chunk by chunk and write it to `out`.
 
@@ -361,7 +401,9 @@ def run_filter(
             description=f"{name} of {stack.name}",
             nbytes=int(stack.data.nbytes),
         ):
-            extra = {"pyramid": pyramid} if pyramid else {}
+            extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
+            if ngff_version is not None:
+                extra["ngff_version"] = ngff_version
             with _no_empty_new_folders([out]):
                 written = zchunk.save(
                     result,

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from zchunk._source import Source
     from zchunk.stack import Stack
 
-__all__ = ["METHODS", "cast_rounded", "project", "project_many"]
+__all__ = ["METHODS", "cast_rounded", "exact_in_float32", "project", "project_many"]
 
 Method = Literal["max", "min", "sum", "mean", "std", "median", "percentile"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -320,6 +320,32 @@ def _fused(
 
 
 # public API ---------------------------------------------------------------------------------
+
+
+def exact_in_float32(method: str, dtype: DTypeLike, n: int) -> bool:
+    """Tell whether float32 holds every value `method` gives for `n` values of `dtype` exactly.
+
+    True for the median of integers of up to 16 bits (a value or the mean of two: 17
+    significant bits at most), for sums of such integers below 2**24, and for max/min of
+    them; False for means, standard deviations and percentiles (any fraction), and for 32-
+    and 64-bit inputs.
+
+    Examples
+    --------
+    >>> exact_in_float32("median", "uint16", 31), exact_in_float32("mean", "uint8", 4)
+    (True, False)
+    >>> exact_in_float32("sum", "uint16", 256), exact_in_float32("sum", "uint16", 257)
+    (True, False)
+    """
+    dt = np.dtype(dtype)
+    if dt.kind not in "ui" or dt.itemsize > 2:
+        return dt.kind == "f" and dt.itemsize <= 4 and method in ("max", "min", "median")
+    if method in ("max", "min", "median"):
+        return True
+    if method == "sum":
+        info = np.iinfo(dt)
+        return max(abs(int(info.min)), int(info.max)) * n < 2**24
+    return False
 
 
 def cast_rounded(values: np.ndarray, dtype: DTypeLike, *, inplace: bool = False) -> np.ndarray:

@@ -9,11 +9,12 @@ existing output is replaced only with ``overwrite=True`` and an input never.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from zchunk.errors import OptionError
+from zchunk.errors import OptionError, option
 from zchunk.sinks import _many
 from zchunk.sinks._ome_zarr import to_ome_zarr
 from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
@@ -48,6 +49,7 @@ def save(
     compression: str | None = None,
     resume: bool = False,
     pyramid: int = 0,
+    ngff_version: str | None = None,
 ) -> Path:
     """Write `stack` to `path` in the format its suffix names.
 
@@ -77,6 +79,9 @@ def save(
     pyramid : int
         Extra resolution levels of an OME-Zarr output, y and x halved per level with the
         mean of 2x2 blocks (see :func:`to_ome_zarr`); other formats need 0.
+    ngff_version : {"0.5", "0.4"}, optional
+        NGFF version of an OME-Zarr output: 0.5 (zarr v3, the default) or 0.4 (zarr v2, which
+        Fiji's readers open). Other formats need None.
 
     Returns
     -------
@@ -87,7 +92,7 @@ def save(
     ------
     OptionError
         If the suffix is not one of the above, `compression` is given for a zarr output, or
-        `pyramid` for an output that is not OME-Zarr.
+        `pyramid` or `ngff_version` for an output that is not OME-Zarr.
     OutputExistsError
         If the output exists and `overwrite` is false, or if it would replace an input.
     PartialOutputError
@@ -125,6 +130,12 @@ def save(
             "name the output *.ome.zarr, or leave pyramid=0"
         )
         raise OptionError(msg)
+    if ngff_version is not None and suffix != ".ome.zarr":
+        msg = (
+            f"{option('ngff_version', ngff_version)} applies to OME-Zarr outputs only, not "
+            f"{os.fspath(path)!r}: name the output *.ome.zarr"
+        )
+        raise OptionError(msg)
     if suffix.endswith((".tif", ".tiff")):
         ome = suffix.startswith(".ome.")
         return to_tiff(
@@ -137,7 +148,14 @@ def save(
         )
         raise OptionError(msg)
     if suffix == ".ome.zarr":
-        return to_ome_zarr(stack, path, overwrite=overwrite, resume=resume, pyramid=pyramid)
+        return to_ome_zarr(
+            stack,
+            path,
+            overwrite=overwrite,
+            resume=resume,
+            pyramid=pyramid,
+            ngff_version=ngff_version or "0.5",  # type: ignore[arg-type]
+        )
     return to_zarr(stack, path, overwrite=overwrite, resume=resume)
 
 
@@ -149,6 +167,8 @@ def save_many(
     overwrite: bool = False,
     compression: str | None = None,
     resume: bool = False,
+    pyramid: int = 0,
+    ngff_version: str | None = None,
 ) -> dict[str, Path]:
     """Write several results that share an input, reading the input once.
 
@@ -170,6 +190,8 @@ def save_many(
     resume : bool
         Continue the scratch arrays and outputs an interrupted run left (see :func:`save`).
         Outputs that were already finished exist: pass `overwrite` too to write them again.
+    pyramid, ngff_version
+        For OME-Zarr outputs, as in :func:`save`.
 
     Returns
     -------
@@ -188,6 +210,14 @@ def save_many(
     >>> sorted(p.name for p in out.values())
     ['max.tif', 'min.zarr']
     """
+    extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
+    if ngff_version is not None:
+        extra["ngff_version"] = ngff_version
     return _many.save_many(
-        stacks, paths, save=save, overwrite=overwrite, compression=compression, resume=resume
+        stacks,
+        paths,
+        save=functools.partial(save, **extra),
+        overwrite=overwrite,
+        compression=compression,
+        resume=resume,
     )
