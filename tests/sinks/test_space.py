@@ -36,8 +36,8 @@ def test_several_outputs_that_do_not_fit_together_are_refused_before_writing(
     src = tmp_path / "src.tif"
     data = blobs((5, 256, 256), "uint16", seed=6)
     tifffile.imwrite(src, data, photometric="minisblack")
-    # each result fits alone (128 KiB + 512 KiB + 512 KiB, and its scratch), not all together
-    argv = ["project", str(src), "-m", "max", "-m", "median", "-m", "std", "--quiet"]
+    # each result fits alone (128 KiB + 3 x 256 KiB of float32, and its scratch), not all together
+    argv = ["project", str(src), "-m", "max", "-m", "median", "-m", "std", "-m", "mean", "--quiet"]
     assert main([*argv, "-o", str(small_disk / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
