@@ -289,8 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_info)
 
-    from zchunk.ops.projection import METHODS
-    from zchunk.pipeline import FORMATS
+    from zchunk._types import METHODS
+    from zchunk.sinks import FORMATS
 
     p = sub.add_parser(
         "project",
@@ -341,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.set_defaults(func=_cmd_project)
 
-    from zchunk.ops.filters import FILTERS, MODES
+    from zchunk._types import FILTERS, MODES
 
     p = sub.add_parser(
         "filter",

@@ -22,6 +22,7 @@ from zchunk.scheduler import (
     scheduler_label,
     worker_memory_limit,
 )
+from zchunk.sinks import FORMATS, SUFFIXES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -65,10 +66,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-#: Output formats of the CLI's ``--format`` and the file suffix each one gets.
-FORMATS = {"tif": ".tif", "ome.tif": ".ome.tif", "zarr": ".zarr", "ome.zarr": ".ome.zarr"}
-
-
 def result_name(method: str, q: float | None) -> str:
     """File stem of a projection result: ``max``, ``median``, ``percentile95``.
 
@@ -94,8 +91,6 @@ def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[
     >>> output_paths("res", ["max", "min"], None)[0]["min"]
     'res/min.tif'
     """
-    from zchunk.sinks import SUFFIXES
-
     if fmt is not None and fmt not in FORMATS:
         msg = f"format {fmt!r} is not one of {', '.join(FORMATS)}"
         raise OptionError(msg)

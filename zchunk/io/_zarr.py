@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from zchunk.errors import CorruptDataError, StackFormatError
 from zchunk.stack import AXIS_ORDER, normalize_unit
@@ -160,6 +159,7 @@ def first_missing_chunk(array: Any) -> str | None:
     Examples
     --------
     >>> import tempfile
+    >>> import zarr
     >>> z = zarr.create_array(tempfile.mkdtemp(), shape=(2, 4), chunks=(1, 4), dtype="u1")
     >>> z[0] = 1
     >>> first_missing_chunk(z)
@@ -219,6 +219,8 @@ def parse_zarr(path: str, *, allow_incomplete: bool = False) -> ZarrInfo:
     Unless `allow_incomplete`, every chunk of the array must be in the store (see
     :func:`first_missing_chunk`), else CorruptDataError.
     """
+    import zarr  # only for zarr inputs: it takes a while to import
+
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:

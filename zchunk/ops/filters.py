@@ -67,13 +67,14 @@ import itertools
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
 from scipy import ndimage
 
 from zchunk._graph import from_tasks
+from zchunk._types import FILTERS, MODES
 from zchunk.chunking import Purpose
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._filter_kernels import store_rounded
@@ -86,25 +87,11 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
     from zchunk._source import Source
+    from zchunk._types import FilterName, Mode
     from zchunk.stack import Stack
 
 __all__ = ["FILTERS", "MODES", "filter"]
 
-FilterName = Literal[
-    "gaussian",
-    "sobel",
-    "prewitt",
-    "laplace",
-    "gaussian_gradient_magnitude",
-    "median",
-    "uniform",
-    "minimum",
-    "maximum",
-]
-FILTERS: tuple[str, ...] = get_args(FilterName)
-
-Mode = Literal["reflect", "nearest", "mirror", "constant"]
-MODES: tuple[str, ...] = get_args(Mode)
 
 _SPATIAL = "zyx"
 _RANK_DTYPES = frozenset(np.dtype(t) for t in np.typecodes["AllInteger"] + "fd")

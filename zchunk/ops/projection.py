@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, cast
 
 import dask.array as da
 import numpy as np
 
 from zchunk._graph import split_outputs, task_layer
+from zchunk._types import METHODS
 from zchunk.chunking import PROJECTION, plan_stream_rows
 from zchunk.errors import ChunkingError, OptionError, StackFormatError, option
-from zchunk.ops import _kernels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,12 +51,11 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
     from zchunk._source import Source
+    from zchunk._types import Like, ProjectionMethod
     from zchunk.stack import Stack
 
 __all__ = ["METHODS", "cast_rounded", "exact_in_float32", "project", "project_many"]
 
-Method = Literal["max", "min", "sum", "mean", "std", "median", "percentile"]
-METHODS: tuple[str, ...] = get_args(Method)
 _IMAGEJ_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
@@ -65,8 +64,12 @@ _IMAGEJ_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 def _np_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
     if method == "median":
+        from zchunk.ops import _kernels  # numba: loaded by the methods that use it only
+
         return _kernels.median(block, axis=axis)
     if method == "percentile":
+        from zchunk.ops import _kernels
+
         return _kernels.percentile(block, cast("float", q), axis=axis)
     func: Callable[..., np.ndarray] = getattr(np, method)
     return np.asarray(func(block, axis=axis))
@@ -149,6 +152,8 @@ def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) ->
         return sd.astype(np.float32)
     if method == "median":
         # sort as float32 and average the middle pair in float32, as ImageJ does
+        from zchunk.ops import _kernels
+
         values32 = block.astype(np.float32)
         if n % 2:
             med = _kernels.order_statistics(values32, (n // 2,), axis=axis)[0]
@@ -451,11 +456,11 @@ def _output_dtype(reducer: Any, dtype: np.dtype[Any], ndim: int, axis: int) -> n
 def project(
     stack: Stack,
     /,
-    method: Method = "max",
+    method: ProjectionMethod = "max",
     *,
     axis: str = "z",
     q: float | None = None,
-    like: Literal["numpy", "imagej"] = "numpy",
+    like: Like = "numpy",
     dtype: DTypeLike | None = None,
 ) -> Stack:
     """Project a stack along z (or t).

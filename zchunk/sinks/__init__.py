@@ -9,26 +9,29 @@ existing output is replaced only with ``overwrite=True`` and an input never.
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zchunk.errors import OptionError, option
-from zchunk.sinks import _many
-from zchunk.sinks._ome_zarr import to_ome_zarr
-from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
-from zchunk.sinks._zarr import to_zarr
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from zchunk._types import PathLike
+    from zchunk.sinks._ome_zarr import to_ome_zarr
+    from zchunk.sinks._tiff import BIGTIFF_THRESHOLD, to_tiff
+    from zchunk.sinks._zarr import to_zarr
     from zchunk.stack import Stack
 
 __all__ = [
     "BIGTIFF_THRESHOLD",
+    "FORMATS",
     "SUFFIXES",
+    "WRITERS",
+    "OutputFormat",
     "save",
     "save_many",
     "to_ome_zarr",
@@ -36,8 +39,91 @@ __all__ = [
     "to_zarr",
 ]
 
+
+@dataclass(frozen=True, slots=True)
+class OutputFormat:
+    """One output format :func:`save` writes: its names, and the writer, imported on use."""
+
+    name: str  #: the CLI's ``--format``
+    suffixes: tuple[str, ...]  #: file suffixes; new files in a folder of results get the first
+    writer: str  #: ``"module:function"`` writing it
+    options: Mapping[str, Any] = field(default_factory=dict)  #: passed to the writer
+    compression: bool = False  #: takes ``compression=`` (TIFF)
+    pyramid: bool = False  #: takes ``pyramid=`` (OME-Zarr)
+    ngff: bool = False  #: takes ``ngff_version=`` (OME-Zarr)
+
+    def load(self) -> Callable[..., Path]:
+        """Import and return the writer."""
+        module, name = self.writer.split(":")
+        func: Callable[..., Path] = getattr(importlib.import_module(module), name)
+        return func
+
+
+#: The output formats, by name: the one place to add a writer.
+WRITERS: dict[str, OutputFormat] = {
+    f.name: f
+    for f in (
+        OutputFormat("tif", (".tif", ".tiff"), "zchunk.sinks._tiff:to_tiff", compression=True),
+        OutputFormat(
+            "ome.tif",
+            (".ome.tif", ".ome.tiff"),
+            "zchunk.sinks._tiff:to_tiff",
+            {"ome": True},
+            compression=True,
+        ),
+        OutputFormat("zarr", (".zarr",), "zchunk.sinks._zarr:to_zarr"),
+        OutputFormat(
+            "ome.zarr",
+            (".ome.zarr",),
+            "zchunk.sinks._ome_zarr:to_ome_zarr",
+            pyramid=True,
+            ngff=True,
+        ),
+    )
+}
+
 #: Output suffixes understood by :func:`save`, longest first.
-SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
+SUFFIXES: tuple[str, ...] = tuple(
+    sorted((s for f in WRITERS.values() for s in f.suffixes), key=len, reverse=True)
+)
+
+#: The suffix of each format's files, by format name (the CLI's ``--format``).
+FORMATS: dict[str, str] = {name: f.suffixes[0] for name, f in WRITERS.items()}
+
+_LAZY = {
+    "BIGTIFF_THRESHOLD": "zchunk.sinks._tiff",
+    "to_tiff": "zchunk.sinks._tiff",
+    "to_zarr": "zchunk.sinks._zarr",
+    "to_ome_zarr": "zchunk.sinks._ome_zarr",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the writers on first use (PEP 562): zarr and tifffile are not light."""
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'zchunk.sinks' has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(module), name)
+
+
+def format_of(path: PathLike) -> OutputFormat:
+    """Return the output format that the suffix of `path` names (case-insensitive).
+
+    Examples
+    --------
+    >>> format_of("a/MAX.OME.TIF").name, format_of("b.zarr").name
+    ('ome.tif', 'zarr')
+    """
+    name = Path(os.fspath(path)).name.lower()
+    suffix = next((s for s in SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+    if suffix is None:
+        msg = (
+            f"cannot tell the output format of {os.fspath(path)!r} from its suffix: "
+            f"use one of {', '.join(SUFFIXES)}"
+        )
+        raise OptionError(msg)
+    return next(f for f in WRITERS.values() if suffix in f.suffixes)
 
 
 def save(
@@ -116,47 +202,33 @@ def save(
     ...
     zchunk.errors.OptionError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.tif, .ome.zarr, .tiff, .tif, .zarr
     """
-    name = Path(os.fspath(path)).name.lower()
-    suffix = next((s for s in SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
-    if suffix is None:
-        msg = (
-            f"cannot tell the output format of {os.fspath(path)!r} from its suffix: "
-            f"use one of {', '.join(SUFFIXES)}"
-        )
-        raise OptionError(msg)
-    if pyramid and suffix != ".ome.zarr":
+    fmt = format_of(path)
+    if pyramid and not fmt.pyramid:
         msg = (
             f"pyramid={pyramid!r} applies to OME-Zarr outputs only, not {os.fspath(path)!r}: "
             "name the output *.ome.zarr, or leave pyramid=0"
         )
         raise OptionError(msg)
-    if ngff_version is not None and suffix != ".ome.zarr":
+    if ngff_version is not None and not fmt.ngff:
         msg = (
             f"{option('ngff_version', ngff_version)} applies to OME-Zarr outputs only, not "
             f"{os.fspath(path)!r}: name the output *.ome.zarr"
         )
         raise OptionError(msg)
-    if suffix.endswith((".tif", ".tiff")):
-        ome = suffix.startswith(".ome.")
-        return to_tiff(
-            stack, path, overwrite=overwrite, compression=compression, ome=ome, resume=resume
-        )
-    if compression is not None:
+    if compression is not None and not fmt.compression:
         msg = (
             f"compression={compression!r} applies to TIFF outputs only; {os.fspath(path)!r} "
             "is a zarr output, always compressed with zstd: leave compression=None"
         )
         raise OptionError(msg)
-    if suffix == ".ome.zarr":
-        return to_ome_zarr(
-            stack,
-            path,
-            overwrite=overwrite,
-            resume=resume,
-            pyramid=pyramid,
-            ngff_version=ngff_version or "0.5",  # type: ignore[arg-type]
-        )
-    return to_zarr(stack, path, overwrite=overwrite, resume=resume)
+    extra: dict[str, Any] = dict(fmt.options)
+    if fmt.compression:
+        extra["compression"] = compression
+    if fmt.pyramid:
+        extra["pyramid"] = pyramid
+    if fmt.ngff:
+        extra["ngff_version"] = ngff_version or "0.5"
+    return fmt.load()(stack, path, overwrite=overwrite, resume=resume, **extra)
 
 
 def save_many(
@@ -210,14 +282,11 @@ def save_many(
     >>> sorted(p.name for p in out.values())
     ['max.tif', 'min.zarr']
     """
+    from zchunk.sinks import _many
+
     extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
     if ngff_version is not None:
         extra["ngff_version"] = ngff_version
     return _many.save_many(
-        stacks,
-        paths,
-        save=functools.partial(save, **extra),
-        overwrite=overwrite,
-        compression=compression,
-        resume=resume,
+        stacks, paths, overwrite=overwrite, compression=compression, resume=resume, **extra
     )

@@ -19,6 +19,7 @@ import dask.array as da
 
 from zchunk._partial import partial_path, record_path
 from zchunk.errors import OptionError, OutputExistsError
+from zchunk.sinks import save
 from zchunk.sinks._atomic import prepare_output
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._resume import (
@@ -39,7 +40,7 @@ from zchunk.sinks._zarr import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
     from pathlib import Path
     from typing import Any
 
@@ -55,10 +56,10 @@ def save_many(
     paths: Mapping[str, PathLike],
     /,
     *,
-    save: Callable[..., Path],
     overwrite: bool = False,
     compression: str | None = None,
     resume: bool = False,
+    **extra: Any,
 ) -> dict[str, Path]:
     """Compute `stacks` together (one read of their shared input) and write each to its path.
 
@@ -68,14 +69,14 @@ def save_many(
         Results to write, by name.
     paths : Mapping of str to path
         Output of each result (same keys); the format follows the suffix, as in ``save``.
-    save : callable
-        The single-output writer (:func:`zchunk.sinks.save`).
     overwrite : bool
         Replace existing outputs (never an input), and discard partial outputs not resumed.
     compression : str, optional
         TIFF compression.
     resume : bool
         Continue the scratch arrays and outputs of an interrupted run.
+    **extra
+        Further options of every output's ``save`` (``pyramid``, ``ngff_version``).
 
     Returns
     -------
@@ -97,11 +98,16 @@ def save_many(
         check_writable(stack)
         # with resume, existing outputs are checked below: kept if finished, else refused
         finals[key] = prepare_output(paths[key], stack.attrs, overwrite=overwrite or resume)
-    options: dict[str, Any] = {"overwrite": overwrite, "compression": compression, "resume": resume}
+    options: dict[str, Any] = {
+        "overwrite": overwrite,
+        "compression": compression,
+        "resume": resume,
+        **extra,
+    }
     with contextlib.ExitStack() as locks:
         for final in finals.values():  # every output is ours before anything is written
             locks.enter_context(output_lock(final))
-        return _save_all(stacks, finals, save, options)
+        return _save_all(stacks, finals, options)
 
 
 def _scratch(final: Path) -> Path:
@@ -143,7 +149,6 @@ _OUTPUT = "output"
 def _save_all(
     stacks: Mapping[str, Stack],
     finals: Mapping[str, Path],
-    save: Callable[..., Path],
     options: dict[str, Any],
 ) -> dict[str, Path]:
     resume, overwrite = options["resume"], options["overwrite"]
@@ -213,7 +218,6 @@ def _finished(
     stack: Stack,
     final: Path,
     settings: dict[str, Any],
-    save: Callable[..., Path],
     options: dict[str, Any],
 ) -> Path:
     """Return `final` if an interrupted run of these settings finished it, else refuse it.

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
 
 from zchunk.errors import PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import GuardedTarget, prepare_output
@@ -28,6 +26,7 @@ from zchunk.sinks._resume import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import zarr
     from zarr.storage import StoreLike
 
     from zchunk._types import PathLike
@@ -190,6 +189,9 @@ def create_aligned_array(
         # every chunk exists on disk, so a reader can tell a missing chunk from zeros
         "config": {"write_empty_chunks": True},
     }
+    import zarr  # here, not at import: a TIFF output needs none of it (0.3 s)
+    from zarr.codecs import BloscCodec
+
     if zarr_format == 3:
         array = zarr.create_array(
             store,
@@ -221,6 +223,8 @@ def open_aligned_array(
     PartialOutputError
         If the array is not the one `data` needs (shape, dtype or shards differ).
     """
+    import zarr
+
     try:
         array = zarr.open_array(
             store, path=name or "", mode="r+", config={"write_empty_chunks": True}
@@ -356,6 +360,7 @@ def to_zarr(
     >>> import tempfile
     >>> from zchunk.stack import Stack
     >>> s = Stack(da.ones((4, 6, 8), dtype="uint16", chunks=(4, 3, 8)), scale=(2.0, 0.5, 0.5))
+    >>> import zarr
     >>> out = to_zarr(s, os.path.join(tempfile.mkdtemp(), "a.zarr"))
     >>> z = zarr.open_array(out, mode="r")
     >>> z.shards, z.chunks, int(z[:].sum()), z.attrs["zchunk"]["scale"]

@@ -1,0 +1,55 @@
+"""Start-up: each command imports only what it uses (``zchunk --version`` nothing heavy)."""
+
+import subprocess
+import sys
+
+import pytest
+import tifffile
+
+from zchunk.testing import blobs
+
+HEAVY = ("dask", "numpy", "zarr", "tifffile", "scipy", "numba", "distributed", "psutil", "rich")
+
+RUN = """
+import sys
+from zchunk.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print(" ".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def _imported(argv):
+    code = RUN.format(argv=argv, heavy=HEAVY)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split("\n")[-2].split())
+
+
+def test_version_and_help_import_nothing_heavy():
+    assert _imported(["--version"]) == set()
+    assert _imported(["project", "--help"]) == set()
+
+
+def test_import_zchunk_is_light_and_its_names_load_on_use():
+    code = (
+        "import sys, zchunk; light = not {'dask', 'numpy', 'zarr'} & set(sys.modules); "
+        "zchunk.open; zchunk.compare; print(light, 'dask' in sys.modules, callable(zchunk.compare))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+@pytest.fixture
+def tiff(tmp_path):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, blobs((5, 64, 48), "uint16"))
+    return str(path)
+
+
+def test_info_and_max_load_no_zarr_numba_or_scipy_filters(tiff, tmp_path):
+    for argv in (["info", tiff], ["project", tiff, "-m", "max", "-o", str(tmp_path / "m.tif")]):
+        assert not _imported(argv) & {"zarr", "numba", "distributed"}, argv
+    assert "numba" in _imported(["project", tiff, "-m", "median", "-o", str(tmp_path / "d.tif")])
