@@ -42,6 +42,11 @@ BENCHMARKS = [
     ),
     ("scaling", "Throughput with 1 and 2 workers", []),
     (
+        "cli",
+        "How long does a whole zchunk command take, start-up included, against ImageJ?",
+        ["--repeat", "10"],
+    ),
+    (
         "out_of_core",
         "A stack larger than RAM with the default budget",
         ["--size", "32GB"],

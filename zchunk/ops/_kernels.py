@@ -566,3 +566,23 @@ def percentile(block: ArrayLike, q: float, axis: int = 0) -> NDArray[Any]:
     if nan is not None:
         result[nan] = np.nan
     return np.asarray(result).reshape(rest)
+
+
+#: Pixel types compiled ahead by :func:`compile_all` (``make install`` runs it).
+PRECOMPILED: Final = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+def compile_all() -> None:
+    """Compile the kernels for every type of `PRECOMPILED` into numba's on-disk cache.
+
+    Run once after installing (``make install`` and ``make demo`` do), so that a user's first
+    median does not spend seconds compiling. Later processes load the cached machine code.
+    """
+    for name in PRECOMPILED:
+        block = np.arange(3 * 70, dtype=name).reshape(3, 70)
+        median(block)
+        percentile(block, 90.0)
+
+
+if __name__ == "__main__":  # python -m zchunk.ops._kernels
+    compile_all()

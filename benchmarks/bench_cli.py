@@ -1,0 +1,160 @@
+"""How long does a whole ``zchunk`` command take, start-up included, against ImageJ?
+
+    python benchmarks/bench_cli.py                 # the demo's stack (100 x 1024 x 1024 uint16)
+    python benchmarks/bench_cli.py --smoke         # a small stack, 3 runs
+
+Users loop zchunk over many small stacks from the shell, so the process is what counts: every
+case is a fresh process, timed from outside (median of `--repeat` runs after one warm-up run,
+so the page cache is warm and numba's kernels are compiled and cached, as after ``make
+install``). The input is written before any clock starts, as ``zchunk demo`` writes it (an
+ImageJ hyperstack with calibration). When ``imagej`` is on PATH, ImageJ's own load + Z Project
+of the same file runs beside (``xvfb-run -a imagej -batch macro.ijm``, JVM start included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h
+
+#: Wall-time targets of issue 14 (seconds, median), for the demo's stack.
+TARGETS = {"version": 0.2, "info": 0.5, "project max": 0.8, "project median": 1.2}
+
+MACRO = """
+setBatchMode(true);
+open("{src}");
+run("Z Project...", "projection=[{method}]");
+saveAs("Tiff", "{out}");
+close("*");
+eval("script", "System.exit(0);");
+"""
+
+
+def demo_stack(shape: tuple[int, ...]) -> Path:
+    """The demo's sample stack (written once, before any clock)."""
+    from zchunk.sample import write_tiff_stack
+
+    path = h.data_dir() / f"cli-demo-{'x'.join(map(str, shape))}.tif"
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        write_tiff_stack(
+            str(tmp),
+            shape,
+            "uint16",
+            seed=7,
+            imagej=True,
+            resolution=(5.0, 5.0),
+            metadata={"axes": "ZYX", "spacing": 1.0, "unit": "um"},
+        )
+        os.replace(tmp, path)
+    return path
+
+
+def time_process(cmd: list[str], repeat: int, timeout: float) -> dict[str, float]:
+    """Run `cmd` once unmeasured, then `repeat` times; return wall min/median and peak RSS."""
+    walls, peaks = [], []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            raise
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            msg = f"{' '.join(cmd)} failed (exit {proc.returncode}): {err[-1000:]}"
+            raise RuntimeError(msg)
+        if wall > timeout:
+            msg = f"{' '.join(cmd)} took {wall:.1f} s, over {timeout} s"
+            raise RuntimeError(msg)
+        if i:  # the first run warms the page cache and numba's on-disk cache
+            walls.append(wall)
+            peaks.append(usage.ru_maxrss / 1024)
+    return {
+        "wall_s_min": round(min(walls), 3),
+        "wall_s_median": round(statistics.median(walls), 3),
+        "peak_rss_mb": round(statistics.median(peaks), 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=3, default=[100, 1024, 1024])
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="a small stack and 3 runs")
+    args = ap.parse_args()
+    shape = (16, 256, 256) if args.smoke else tuple(args.shape)
+    repeat = 3 if args.smoke else args.repeat
+    src = demo_stack(shape)
+    zchunk = [sys.executable, "-m", "zchunk"]
+    exe = Path(sys.executable).with_name("zchunk")
+    if exe.exists():  # the installed entry point, as users run it
+        zchunk = [str(exe)]
+    out = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    cases = {
+        "version": [*zchunk, "--version"],
+        "info": [*zchunk, "info", str(src)],
+        "project max": [*zchunk, "project", str(src), "-m", "max", "-o", str(out / "max.tif")],
+        "project median": [
+            *zchunk,
+            "project",
+            str(src),
+            "-m",
+            "median",
+            "-o",
+            str(out / "median.tif"),
+        ],
+    }
+    for name in ("project max", "project median"):
+        cases[name].append("--overwrite")
+    imagej = shutil.which("imagej")
+    xvfb = shutil.which("xvfb-run")
+    if imagej and xvfb:
+        for method, label in (("Max Intensity", "max"), ("Median", "median")):
+            macro = out / f"{label}.ijm"
+            target = out / f"ij-{label}.tif"
+            macro.write_text(MACRO.format(src=src, method=method, out=target))
+            cases[f"ImageJ {label}"] = ["timeout", "120", xvfb, "-a", imagej, "-batch", str(macro)]
+    rows = []
+    for name, cmd in cases.items():
+        timed = time_process(cmd, repeat, timeout=120)
+        target = TARGETS.get(name) if tuple(shape) == (100, 1024, 1024) else None
+        record = h.emit(
+            {
+                "name": name,
+                "command": " ".join(Path(c).name if c == cmd[0] else c for c in cmd),
+                "shape": list(shape),
+                "runs": repeat,
+                **timed,
+                "target_s": target,
+                "machine": h.machine(),
+            }
+        )
+        rows.append(record)
+    shutil.rmtree(out, ignore_errors=True)
+    if not (imagej and xvfb):
+        print("\nImageJ: not run (`imagej` or `xvfb-run` is not on PATH).")
+    print()
+    print(
+        h.markdown_table(rows, ["name", "wall_s_median", "wall_s_min", "peak_rss_mb", "target_s"])
+    )
+    missed = [r["name"] for r in rows if r["target_s"] and r["wall_s_median"] > r["target_s"]]
+    if missed:
+        print(f"\nover target: {', '.join(missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
