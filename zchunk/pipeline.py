@@ -74,7 +74,10 @@ def result_name(method: str, q: float | None) -> str:
     >>> result_name("max", None), result_name("percentile", 99.5)
     ('max', 'percentile99.5')
     """
-    return f"percentile{q:g}" if method == "percentile" and q is not None else method
+    from zchunk.ops._methods import METHODS
+
+    spec = METHODS.get(method)
+    return spec.result_name(q) if spec is not None else method
 
 
 def output_paths(out: str, names: Sequence[str], fmt: str | None) -> tuple[dict[str, str], bool]:

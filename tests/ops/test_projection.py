@@ -239,3 +239,11 @@ def test_results_of_different_inputs_do_not_collide():
     a, b = dask.compute(project(zeros, "max").data, project(ones, "max").data)
     assert a.max() == 0
     assert b.min() == 1
+
+
+def test_the_registry_names_the_methods_of_the_api_and_cli():
+    from zchunk._types import METHODS as NAMES
+    from zchunk.ops._methods import METHODS
+
+    assert tuple(METHODS) == NAMES
+    assert all(m.name == name for name, m in METHODS.items())

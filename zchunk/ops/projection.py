@@ -33,17 +33,15 @@ two middle values for an even count, rounded half up to 8-bit for 8-bit input.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 
 from zchunk._graph import split_outputs, task_layer
-from zchunk._types import METHODS
 from zchunk.chunking import PROJECTION, plan_stream_rows
 from zchunk.errors import ChunkingError, OptionError, StackFormatError, option
+from zchunk.ops._methods import METHODS, Method, Running, cast_rounded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -59,172 +57,11 @@ __all__ = ["METHODS", "cast_rounded", "exact_in_float32", "project", "project_ma
 _IMAGEJ_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
-# numpy semantics ---------------------------------------------------------------------------
-
-
-def _np_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
-    if method == "median":
-        from zchunk.ops import _kernels  # numba: loaded by the methods that use it only
-
-        return _kernels.median(block, axis=axis)
-    if method == "percentile":
-        from zchunk.ops import _kernels
-
-        return _kernels.percentile(block, cast("float", q), axis=axis)
-    func: Callable[..., np.ndarray] = getattr(np, method)
-    return np.asarray(func(block, axis=axis))
-
-
-# ImageJ semantics ---------------------------------------------------------------------------
-
-
-def _float32_running_sum(block: np.ndarray, axis: int) -> np.ndarray:
-    """ImageJ's ``fpixels[i] += v`` slice after slice, in float32."""
-    moved = np.moveaxis(block, axis, 0)
-    acc = np.zeros(moved.shape[1:], dtype=np.float32)
-    for plane in moved:
-        np.add(acc, plane, out=acc, dtype=np.float32, casting="unsafe")
-    return acc
-
-
-def _round_half_up(values: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
-    """ImageJ's ``(int)(value + 0.5)`` with clipping (TypeConverter without scaling)."""
-    info = np.iinfo(dtype)
-    out = np.floor(values.astype(np.float64) + 0.5)
-    return np.clip(np.nan_to_num(out, nan=0.0), info.min, info.max).astype(dtype)
-
-
-def _ij_float_extreme(block: np.ndarray, method: str, axis: int) -> np.ndarray:
-    """ImageJ's Max/Min of 32-bit: ``if (v > acc) acc = v`` from -/+Float.MAX_VALUE.
-
-    A NaN never wins the comparison, so NaN is skipped and a column of NaN only gives
-    -Float.MAX_VALUE (max) or Float.MAX_VALUE (min).
-    """
-    func = np.fmax if method == "max" else np.fmin
-    out = np.asarray(func.reduce(block, axis=axis)).astype(np.float32)
-    big = np.finfo(np.float32).max
-    return np.where(np.isnan(out), -big if method == "max" else big, out).astype(np.float32)
-
-
-def _ij_float_average(block: np.ndarray, axis: int) -> np.ndarray:
-    """ImageJ 1.54's Average of 32-bit: the double mean of the non-NaN values of all slices.
-
-    ``sum += v; count++`` for every v that is not NaN, slice after slice, then
-    ``(float)(sum / count)``: NaN for a column of NaN only.
-    """
-    planes = np.moveaxis(block, axis, 0)
-    total = np.zeros(planes.shape[1:], np.float64)
-    count = np.zeros(planes.shape[1:], np.int64)
-    for plane in planes:
-        ok = ~np.isnan(plane)
-        total += np.where(ok, plane, 0.0)
-        count += ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (total / count).astype(np.float32)
-
-
-def _ij_reduce(block: np.ndarray, *, method: str, axis: int, q: float | None) -> np.ndarray:
-    dtype = block.dtype
-    n = block.shape[axis]
-    if method in ("max", "min"):
-        if dtype.kind == "f":
-            return _ij_float_extreme(block, method, axis)
-        return np.asarray(getattr(np, method)(block, axis=axis))
-    if method == "sum":
-        return _float32_running_sum(block, axis)
-    if method == "mean":
-        if dtype.kind == "f":
-            return _ij_float_average(block, axis)
-        avg = _float32_running_sum(block, axis) / np.float32(n)
-        return _round_half_up(avg, dtype)
-    if method == "std":
-        values = block.astype(np.float64)
-        s1 = np.zeros(np.delete(block.shape, axis), np.float64)
-        s2 = np.zeros_like(s1)
-        for plane in np.moveaxis(values, axis, 0):
-            s1 += plane
-            s2 += plane * plane
-        if n < 2:
-            return np.zeros(s1.shape, np.float32)
-        var = (n * s2 - s1 * s1) / n
-        with np.errstate(invalid="ignore"):
-            sd = np.where(var > 0, np.sqrt(var / (n - 1.0)), 0.0)
-        return sd.astype(np.float32)
-    if method == "median":
-        # sort as float32 and average the middle pair in float32, as ImageJ does
-        from zchunk.ops import _kernels
-
-        values32 = block.astype(np.float32)
-        if n % 2:
-            med = _kernels.order_statistics(values32, (n // 2,), axis=axis)[0]
-        else:
-            lo, hi = _kernels.order_statistics(values32, (n // 2 - 1, n // 2), axis=axis)
-            med = (lo + hi) / np.float32(2)
-        return _round_half_up(med, dtype) if dtype == np.uint8 else med.astype(np.float32)
-    msg = f"method {method!r} has no ImageJ equivalent; use {option('like', 'numpy')}"
-    raise OptionError(msg)
-
-
-# plane by plane ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Running:
-    """A projection computed plane by plane: ``acc = ufunc(acc, plane)`` in z order."""
-
-    ufunc: np.ufunc
-    acc_dtype: np.dtype[Any]
-    mean: bool  # divide by the count at the end
-    imagej_round: np.dtype[Any] | None  # ImageJ's Average of 8/16-bit: round half up to this
-    out_dtype: np.dtype[Any] | None  # dtype= cast
-    nan_to: float | None = None  # ImageJ's 32-bit Max/Min: a column of NaN only gives this
-
-    def start(self, plane: np.ndarray) -> np.ndarray:
-        if self.ufunc is np.add:  # from zero, as the running sums of NumPy and ImageJ
-            acc = np.zeros(plane.shape, self.acc_dtype)
-            self.add(acc, plane)
-            return acc
-        return plane.astype(self.acc_dtype, copy=True)
-
-    def add(self, acc: np.ndarray, plane: np.ndarray) -> None:
-        self.ufunc(acc, plane, out=acc, dtype=self.acc_dtype, casting="unsafe")
-
-    def finish(self, acc: np.ndarray, n: int) -> np.ndarray:
-        if self.mean:  # as np.mean (float64 sum / count) and ImageJ (float32 sum / float32 n)
-            acc = acc / (np.float32(n) if self.acc_dtype == np.float32 else n)
-        if self.imagej_round is not None:
-            acc = _round_half_up(acc, self.imagej_round)
-        if self.nan_to is not None:
-            acc[np.isnan(acc)] = self.nan_to
-        return acc if self.out_dtype is None else cast_rounded(acc, self.out_dtype, inplace=True)
-
-
-def _running(
-    method: str, like: str, dtype: np.dtype[Any], out_dtype: np.dtype[Any] | None
-) -> _Running | None:
-    """Return the plane-by-plane form of a projection, or None when no exact one exists."""
-    if like == "imagej" and dtype.kind == "f" and method in ("max", "min"):
-        big = float(np.finfo(np.float32).max)  # NaN skipped (see _ij_float_extreme)
-        skip_nan: np.ufunc = np.fmax if method == "max" else np.fmin
-        return _Running(skip_nan, dtype, False, None, out_dtype, -big if method == "max" else big)
-    if like == "imagej" and dtype.kind == "f" and method == "mean":
-        return None  # a double sum and a count of the non-NaN values (_ij_float_average)
-    if method in ("max", "min"):
-        ufunc = np.maximum if method == "max" else np.minimum
-        return _Running(ufunc, dtype, False, None, out_dtype)
-    if method not in ("sum", "mean"):
-        return None  # median and percentile need the whole column; std, two passes
-    if like == "imagej":
-        round_to = dtype if method == "mean" and dtype.kind != "f" else None
-        return _Running(np.add, np.dtype(np.float32), method == "mean", round_to, out_dtype)
-    if dtype.kind not in "uib":
-        return None  # float sums: NumPy may sum pairwise, in another order
-    acc = np.sum(np.zeros(1, dtype)).dtype if method == "sum" else np.dtype(np.float64)
-    return _Running(np.add, acc, method == "mean", None, out_dtype)
+# reading the file directly ---------------------------------------------------------------
 
 
 def _project_planes(
-    source: Source, region: tuple[slice, ...], running: Sequence[_Running], shape: tuple[int, ...]
+    source: Source, region: tuple[slice, ...], running: Sequence[Running], shape: tuple[int, ...]
 ) -> tuple[np.ndarray, ...]:
     """Stream `region`'s planes through the running projections; return their results."""
     accs: list[np.ndarray] = []
@@ -258,7 +95,7 @@ BAND_BYTES = 64 * 2**20
 
 
 def _stream_chunks(
-    stack: Stack, axis: int, running: dict[str, _Running], dtypes: dict[str, np.dtype[Any]]
+    stack: Stack, axis: int, running: dict[str, Running], dtypes: dict[str, np.dtype[Any]]
 ) -> tuple[tuple[int, ...], ...]:
     """Output chunks of plane-by-plane projections: tall bands (see `plan_stream_rows`)."""
     plan, source = stack.plan, stack.source
@@ -294,7 +131,7 @@ def _fused(
 ) -> dict[str, da.Array]:
     """Projections of a freshly opened TIFF stack, each task reading its own region.
 
-    `streamed`: `methods` are `_Running` projections, fed plane by plane in tall bands.
+    `streamed`: `methods` are `Running` projections, fed plane by plane in tall bands.
     Otherwise they are block reducers, fed each chunk of the plan in bands of `BAND_BYTES`.
     The tasks return one result per method; each method's array picks its own from them.
     """
@@ -353,55 +190,9 @@ def exact_in_float32(method: str, dtype: DTypeLike, n: int) -> bool:
     return False
 
 
-def cast_rounded(values: np.ndarray, dtype: DTypeLike, *, inplace: bool = False) -> np.ndarray:
-    """Cast to `dtype`, rounding to nearest and clipping to its range (never wrapping).
-
-    With ``inplace=True`` a float `values` (a temporary of the caller) is rounded and clipped
-    in place, so the cast costs no working copy.
-
-    Examples
-    --------
-    >>> cast_rounded(np.array([-3.0, 2.5, 70000.0, np.nan]), "uint16")
-    array([    0,     2, 65535,     0], dtype=uint16)
-    """
-    target = np.dtype(dtype)
-    if target.kind in "iu":
-        info = np.iinfo(target)
-        if values.dtype.kind != "f":  # integers: clip to the bounds both types hold
-            source = np.iinfo(values.dtype)
-            lo, hi = max(info.min, source.min), min(info.max, source.max)
-            clipped: np.ndarray = np.clip(values, values.dtype.type(lo), values.dtype.type(hi))
-            return clipped.astype(target)
-        # at most one working copy: chunks are large. float32 is exact here when the
-        # target's bounds are float32 numbers (8- and 16-bit targets).
-        exact = target.itemsize <= 2 and values.dtype.itemsize >= 4
-        if inplace and exact:
-            rounded = np.rint(values, out=values)
-        else:
-            rounded = np.rint(values, dtype=values.dtype if exact else np.float64)
-        np.nan_to_num(rounded, copy=False, nan=0.0)
-        np.clip(rounded, info.min, info.max, out=rounded)
-        return rounded.astype(target)
-    if target.kind == "f":
-        return values.astype(target)
-    msg = f"dtype={target} is not an integer or float type"
-    raise OptionError(msg)
-
-
-def _reducer(method: str, like: str, q: float | None, out_dtype: np.dtype[Any] | None) -> Any:
-    base = _ij_reduce if like == "imagej" else _np_reduce
-    func = functools.partial(base, method=method, q=q)
-    if out_dtype is None:
-        return func
-
-    def cast_after(block: np.ndarray, *, axis: int) -> np.ndarray:
-        return cast_rounded(func(block, axis=axis), out_dtype)
-
-    return cast_after
-
-
-def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> None:
-    if method not in METHODS:
+def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> Method:
+    spec = METHODS.get(method)
+    if spec is None:
         msg = f"{option('method', method)} is not one of {', '.join(METHODS)}"
         raise OptionError(msg)
     if like not in ("numpy", "imagej"):
@@ -410,8 +201,11 @@ def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> 
     if axis not in ("z", "t"):
         msg = f"{option('axis', axis)} must be 'z' or 't'"
         raise OptionError(msg)
-    if method == "percentile" and (q is None or not 0 <= float(q) <= 100):
-        msg = f"percentile needs q between 0 and 100, got {option('q', q)}"
+    if spec.parameter == "q" and (q is None or not 0 <= float(q) <= 100):
+        msg = f"{method} needs q between 0 and 100, got {option('q', q)}"
+        raise OptionError(msg)
+    if like == "imagej" and spec.imagej is None:
+        msg = f"method {method!r} has no ImageJ equivalent; use {option('like', 'numpy')}"
         raise OptionError(msg)
     if like == "imagej" and stack.dtype not in _IMAGEJ_TYPES:
         msg = (
@@ -430,6 +224,7 @@ def _check(stack: Stack, method: str, axis: str, q: float | None, like: str) -> 
             "read wrong"
         )
         raise StackFormatError(msg)
+    return spec
 
 
 def _whole_along(stack: Stack, axis: str) -> Stack:
@@ -501,7 +296,8 @@ def project(
     >>> project(s, "median").data.dtype
     dtype('float64')
     """
-    if q is not None and method != "percentile":
+    spec = METHODS.get(method)
+    if q is not None and spec is not None and spec.parameter != "q":
         msg = f"q={q!r} is only for method='percentile', not {method!r}"
         raise OptionError(msg)
     return project_many(stack, [method], axis=axis, q=q, like=like, dtype=dtype)[method]
@@ -540,14 +336,13 @@ def project_many(
     if len(set(methods)) != len(methods):
         msg = f"methods {list(methods)} repeat a method"
         raise OptionError(msg)
-    for method in methods:
-        _check(stack, method, axis, q if method == "percentile" else None, like)
+    specs = {m: _check(stack, m, axis, q, like) for m in methods}
     stack = _whole_along(stack, axis)
     i = stack.axis(axis)
     out_dtype = None if dtype is None else np.dtype(dtype)
-    reducers = {m: _reducer(m, like, q if m == "percentile" else None, out_dtype) for m in methods}
+    reducers = {m: spec.reducer(like, q, out_dtype) for m, spec in specs.items()}
     dtypes = {m: _output_dtype(f, stack.dtype, stack.data.ndim, i) for m, f in reducers.items()}
-    running = {m: _running(m, like, stack.dtype, out_dtype) for m in methods}
+    running = {m: spec.plane_by_plane(like, stack.dtype, out_dtype) for m, spec in specs.items()}
     # a stack straight from a reader that streams (TIFF), not derived from another
     fused: dict[str, da.Array] = {}
     if stack.source is not None and stack.source.streams and stack.plan is not None:
