@@ -1,0 +1,222 @@
+"""The input formats: one frozen :class:`Reader` per format, in :data:`READERS`.
+
+A reader recognises its inputs (a folder it claims, or files by suffix) and opens them into a
+Stack planned for the request, returning also what reads regions of them within a task (see
+:class:`zchunk.io._source.OpenedSource`). Adding a format is adding one entry to `READERS`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from zchunk._graph import from_tasks, grid
+from zchunk.chunking import plan
+from zchunk.errors import StackFormatError
+from zchunk.io import _tiff, _zarr
+from zchunk.io._tiff_parse import parse_tiff, parse_tiff_files
+from zchunk.stack import Stack, default_axes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from zchunk.chunking import Budget, Purpose
+
+__all__ = ["READERS", "Reader", "Request", "open_array"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """How ``zchunk.open`` was asked to open an input (all but the input itself)."""
+
+    axes: str | None
+    budget: Budget
+    purpose: Purpose
+    whole: str
+    allow_incomplete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """One input format.
+
+    Attributes
+    ----------
+    name : str
+        Its name in messages (``"tiff"``, ``"zarr"``).
+    claims : callable
+        ``claims(folder)``: whether a folder is one input of this format (a zarr store).
+    suffixes : tuple of str
+        Files of this format, opened alone or as a sequence (a folder, glob or list).
+    open : callable
+        ``open(request, kind, paths)`` with `kind` ``"file"`` (one file), ``"files"`` (a
+        sequence) or ``"folder"`` (a claimed folder): the Stack and its region reader.
+    """
+
+    name: str
+    claims: Callable[[str], bool]
+    suffixes: tuple[str, ...]
+    open: Callable[[Request, str, list[str]], tuple[Stack, Any]]
+
+
+def _resolve_axes(found: str | None, given: str | None, ndim: int, where: str) -> str:
+    if given is not None:
+        given = given.lower()
+        if len(given) != ndim:
+            msg = f"axes={given!r} has {len(given)} letters but {where} has {ndim} dimensions"
+            raise StackFormatError(msg)
+        return given
+    return found or default_axes(ndim)
+
+
+def _calibration(
+    axes: str, scale: dict[str, float], units: dict[str, str]
+) -> tuple[tuple[float | None, ...], tuple[str | None, ...]]:
+    return tuple(scale.get(a) for a in axes), tuple(units.get(a) for a in axes)
+
+
+def _read_tasks(
+    make_spec: Callable[[tuple[slice, ...]], _tiff.BlockSpec], dtype: np.dtype[Any]
+) -> Callable[[tuple[slice, ...]], tuple[Any, ...]]:
+    """Return the task reading the block at `slices` (zeros for an empty block)."""
+
+    def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
+        shape = tuple(s.stop - s.start for s in slices)
+        if 0 in shape:
+            return (np.zeros, shape, dtype)
+        return (_tiff.read_block, make_spec(slices))
+
+    return task
+
+
+def _open_tiff(request: Request, kind: str, paths: list[str]) -> tuple[Stack, Any]:
+    """Open a multi-page TIFF (`kind` "file") or a sequence of TIFF files."""
+    info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
+    layout = info.layout
+    shape = info.shape
+    ax = _resolve_axes(
+        info.axes, request.axes, len(shape), paths[0] if kind == "file" else "the files"
+    )
+    decoded = layout.compressed or layout.tiled
+    chunk_plan = plan(
+        shape,
+        ax,
+        layout.dtype,
+        request.budget,
+        purpose=request.purpose,
+        whole=request.whole,
+        y_align=layout.segment_shape[0] if decoded else 1,
+        x_align=layout.segment_shape[1] if layout.tiled else (None if decoded else 1),
+        segment_bytes=(
+            layout.segment_shape[0] * layout.segment_shape[1] * layout.dtype.itemsize
+            if decoded
+            else 0
+        ),
+    )
+    chunks = grid(shape, chunk_plan.chunks)
+    dtype = layout.dtype.newbyteorder("=")
+    name = "zchunk-read-" + tokenize(repr((layout.files, shape)), chunks, dtype.str)
+    data = from_tasks(
+        name, chunks, dtype, _read_tasks(_tiff.block_reader(layout, shape[:-2]), dtype)
+    )
+    scale, units = _calibration(ax, info.scale, info.units)
+    name = Path(paths[0]).name if kind == "file" else Path(paths[0]).parent.name or paths[0]
+    return Stack(
+        data,
+        axes=ax,
+        scale=scale,
+        units=units,
+        name=name,
+        attrs={
+            "source": paths[0] if kind == "file" else os.path.dirname(paths[0]) or ".",
+            "source_paths": tuple(os.path.abspath(p) for p in paths),
+            "layout": layout.describe(),
+            "channel_names": info.channel_names,
+            "tiff_metadata": info.metadata,
+        },
+        plan=chunk_plan,
+    ), _tiff.RegionReader(layout, shape[:-2])
+
+
+def _open_zarr(request: Request, kind: str, paths: list[str]) -> tuple[Stack, Any]:
+    """Open a zarr array or the first level of an OME-Zarr image."""
+    path = paths[0]
+    info = _zarr.parse_zarr(path, allow_incomplete=request.allow_incomplete)
+    array = info.array
+    shape = tuple(int(n) for n in array.shape)
+    ax = _resolve_axes(info.axes, request.axes, len(shape), path)
+    cy, cx = int(array.chunks[-2]), int(array.chunks[-1])
+    chunk_plan = plan(
+        shape,
+        ax,
+        np.dtype(array.dtype),
+        request.budget,
+        purpose=request.purpose,
+        whole=request.whole,
+        y_align=cy,
+        x_align=cx,
+        segment_bytes=int(np.prod(array.chunks)) * np.dtype(array.dtype).itemsize,
+    )
+    checked = _zarr.CheckedArray(array, path)
+    data = da.from_array(
+        checked,
+        chunks=chunk_plan.chunks,
+        name="zchunk-zarr-" + tokenize(os.path.abspath(path), array.path, shape, chunk_plan.chunks),
+        meta=np.empty((0,) * len(shape), dtype=checked.dtype),
+        asarray=False,
+    )
+    scale, units = _calibration(ax, info.scale, info.units)
+    return Stack(
+        data,
+        axes=ax,
+        scale=scale,
+        units=units,
+        name=Path(path).name,
+        attrs={
+            "source": path,
+            "source_paths": (os.path.abspath(path),),
+            "layout": info.layout,
+            "channel_names": info.channel_names,
+        },
+        plan=chunk_plan,
+    ), checked  # checked[slices] reads a region, halo included
+
+
+def open_array(request: Request, array: np.ndarray | da.Array) -> tuple[Stack, Any]:
+    """Open a numpy or dask array (no file: no region reader)."""
+    if np.dtype(array.dtype).kind not in "uif":
+        msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
+        raise StackFormatError(msg)
+    ax = _resolve_axes(None, request.axes, array.ndim, "the array")
+    chunk_plan = plan(
+        tuple(array.shape),
+        ax,
+        np.dtype(array.dtype),
+        request.budget,
+        purpose=request.purpose,
+        whole=request.whole,
+    )
+    if isinstance(array, da.Array):
+        data = array.rechunk(chunk_plan.chunks)
+    else:
+        data = da.from_array(array, chunks=chunk_plan.chunks)
+    return Stack(
+        data, axes=ax, name="array", attrs={"layout": {"format": "array"}}, plan=chunk_plan
+    ), None
+
+
+def _no_folder(path: str) -> bool:
+    return False
+
+
+#: The input formats, in the order they are tried: the one place to add a reader.
+READERS: tuple[Reader, ...] = (
+    Reader("zarr", _zarr.is_zarr, (), _open_zarr),
+    Reader("tiff", _no_folder, (".tif", ".tiff", ".btf", ".tf8"), _open_tiff),
+)
