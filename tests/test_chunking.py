@@ -121,7 +121,7 @@ def test_parse_memory_rejects(bad):
 
 
 def test_format_bytes():
-    assert format_bytes(2 * 1024**2) == "2.0 MiB"
+    assert format_bytes(2 * 1024**2) == "2.00 MiB"
 
 
 @given(

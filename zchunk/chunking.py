@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,26 +59,8 @@ FILTER_MEMORY_FACTOR = 5
 #: halo exchanged with neighbours stays small next to the chunk.
 FILTER_TILE_HALOS = 4
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
 def parse_memory(value: int | str) -> int:
-    """Return a byte count from ``"2GiB"``, ``"500 MB"``, ``"1.5g"`` or an int.
+    """Return a byte count from ``"2GiB"``, ``"500 MB"``, ``"1.5g"`` or an int (dask's units).
 
     Raises
     ------
@@ -91,18 +72,16 @@ def parse_memory(value: int | str) -> int:
     >>> parse_memory("2GiB"), parse_memory("500MB"), parse_memory(4096)
     (2147483648, 500000000, 4096)
     """
+    from dask.utils import parse_bytes
+
     if isinstance(value, bool):
         msg = f"memory limit must be a size like '2GiB', not {value!r}"
         raise OptionError(msg)
-    if isinstance(value, int):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            msg = f"memory limit {value!r} is not a size: write e.g. '2GiB', '512MB' or 1073741824"
-            raise OptionError(msg)
-        n = int(float(m.group(1)) * _UNITS[unit])
+    try:
+        n = int(parse_bytes(value))
+    except (ValueError, TypeError):
+        msg = f"memory limit {value!r} is not a size: write e.g. '2GiB', '512MB' or 1073741824"
+        raise OptionError(msg) from None
     if n <= 0:
         msg = f"memory limit must be positive, got {value!r}"
         raise OptionError(msg)
@@ -110,18 +89,17 @@ def parse_memory(value: int | str) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """Return a short human size, binary units.
+    """Return a short human size, binary units (dask's ``format_bytes``).
 
     Examples
     --------
     >>> format_bytes(3 * 1024**3), format_bytes(1536), format_bytes(12)
-    ('3.0 GiB', '1.5 KiB', '12 B')
+    ('3.00 GiB', '1.50 kiB', '12 B')
     """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
+    from dask.utils import format_bytes as dask_format_bytes
+
+    text: str = dask_format_bytes(int(n))
+    return text
 
 
 def default_memory_limit() -> int:
