@@ -53,3 +53,18 @@ def test_info_and_max_load_no_zarr_numba_or_scipy_filters(tiff, tmp_path):
     for argv in (["info", tiff], ["project", tiff, "-m", "max", "-o", str(tmp_path / "m.tif")]):
         assert not _imported(argv) & {"zarr", "numba", "distributed"}, argv
     assert "numba" in _imported(["project", tiff, "-m", "median", "-o", str(tmp_path / "d.tif")])
+
+
+def test_info_of_the_cli_is_zchunk_info_without_dask_array(tiff):
+    import json
+
+    code = (
+        f"import sys, json; from zchunk.cli import main; main(['info', {tiff!r}, '--json']); "
+        "print('dask.array' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    *lines, imported = out.stdout.strip().split("\n")
+    assert imported == "False"
+    import zchunk
+
+    assert json.loads("\n".join(lines)) == json.loads(json.dumps(zchunk.info(zchunk.open(tiff))))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ FILTER_MEMORY_FACTOR = 5
 #: A filter's chunks are at least this many halos tall (and wide, when x is split), so the
 #: halo exchanged with neighbours stays small next to the chunk.
 FILTER_TILE_HALOS = 4
+
 
 def parse_memory(value: int | str) -> int:
     """Return a byte count from ``"2GiB"``, ``"500 MB"``, ``"1.5g"`` or an int (dask's units).
@@ -104,16 +106,23 @@ def format_bytes(n: float) -> str:
 
 def default_memory_limit() -> int:
     """Return the default budget: the smaller of 1 GiB and a quarter of the machine's RAM."""
-    import psutil
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        import psutil
 
-    return int(min(1024**3, psutil.virtual_memory().total // 4))
+        ram = psutil.virtual_memory().total
+    return int(min(1024**3, ram // 4))
 
 
 def _default_workers() -> int:
-    """Worker threads dask's threaded scheduler uses here (its pool size)."""
-    import dask
+    """Worker threads dask's threaded scheduler uses here (its pool size).
 
-    n = dask.config.get("num_workers", None)
+    ``dask.config``'s ``num_workers`` is read when dask is imported already (whoever set it
+    imported it); otherwise one per core, without importing dask for it.
+    """
+    dask = sys.modules.get("dask")
+    n = dask.config.get("num_workers", None) if dask is not None else None
     return int(n) if n else max(1, len(os.sched_getaffinity(0)))
 
 

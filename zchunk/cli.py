@@ -120,17 +120,20 @@ def _add_write(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import zchunk
-    from zchunk.describe import format_info
+    from zchunk.chunking import PROJECTION, Budget
+    from zchunk.describe import describe_found, format_info
+    from zchunk.io import find
 
-    stack = zchunk.open(
+    found = find(  # the headers and the plan: no dask array to build
         args.source,
         axes=args.axes,
-        memory_limit=args.memory_limit,
+        budget=Budget.parse(args.memory_limit),
+        whole="z",
+        purpose=PROJECTION,
         allow_incomplete=args.allow_incomplete,
         scale=_scale(args),
     )
-    d = zchunk.info(stack)
+    d = describe_found(found)
     print(json.dumps(d, indent=1, default=str) if args.json else format_info(d))
     return 0
 

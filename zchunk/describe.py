@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from zchunk.chunking import format_bytes
 
 if TYPE_CHECKING:
+    from zchunk.io._readers import Found
     from zchunk.stack import Stack
 
 __all__ = ["format_info", "info"]
@@ -33,18 +36,33 @@ def info(stack: Stack, /) -> dict[str, Any]:
     >>> d["planes"], d["size_x"], d["size_y"], d["chunks"]
     (5, 9, 8, [5, 4, 9])
     """
-    sizes = stack.sizes
-    plan = stack.plan
     chunks = [max(c) if c else 0 for c in stack.data.chunks]
     tasks = math.prod(len(c) for c in stack.data.chunks)
-    chunk_bytes = math.prod(chunks) * stack.dtype.itemsize
+    return _describe(stack, chunks, tasks)
+
+
+def describe_found(found: Found, /) -> dict[str, Any]:
+    """Describe an input as its reader found it, as :func:`info` describes its Stack.
+
+    ``zchunk info`` uses it: no dask array is built (nor dask.array imported).
+    """
+    chunks = [min(c, n) for c, n in zip(found.plan.chunks, found.shape, strict=True)]
+    tasks = math.prod(max(1, -(-n // c)) for c, n in zip(chunks, found.shape, strict=True) if c)
+    return _describe(found, chunks, tasks)
+
+
+def _describe(stack: Stack | Found, chunks: list[int], tasks: int) -> dict[str, Any]:
+    sizes = dict(zip(stack.axes, stack.shape, strict=True))
+    plan = stack.plan
+    dtype = np.dtype(stack.dtype)
+    chunk_bytes = math.prod(chunks) * dtype.itemsize
     return {
         "name": stack.name,
         "source": stack.attrs.get("source"),
         "shape": list(stack.shape),
         "axes": stack.axes,
-        "dtype": str(stack.dtype),
-        "planes": math.prod(stack.shape[:-2]) if stack.data.ndim > 2 else 1,
+        "dtype": str(dtype),
+        "planes": math.prod(stack.shape[:-2]) if len(stack.shape) > 2 else 1,
         "size_x": sizes.get("x", 1),
         "size_y": sizes.get("y", 1),
         "size_z": sizes.get("z", 1),
@@ -53,7 +71,7 @@ def info(stack: Stack, /) -> dict[str, Any]:
         "scale": {a: s for a, s in zip(stack.axes, stack.scale, strict=True) if s is not None},
         "units": {a: u for a, u in zip(stack.axes, stack.units, strict=True) if u is not None},
         "channel_names": list(stack.attrs.get("channel_names", ())),
-        "nbytes": int(stack.data.nbytes),
+        "nbytes": math.prod(stack.shape) * dtype.itemsize,
         "layout": dict(stack.attrs.get("layout", {})),
         "chunks": chunks,
         "tasks": tasks,

@@ -6,13 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from zchunk.errors import StackFormatError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    import dask.array as da
 
     from zchunk._source import Source
     from zchunk.chunking import ChunkPlan, Purpose
@@ -115,6 +116,8 @@ class Stack:
     source: Source | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        import dask.array as da  # here: zchunk info and --version need no dask array
+
         data = self.data
         if isinstance(data, np.ndarray):
             data = da.from_array(data)

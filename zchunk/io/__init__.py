@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 
 from zchunk._partial import incomplete_reason
 from zchunk.chunking import PROJECTION, Budget, Purpose
 from zchunk.errors import IncompleteOutputError, StackFormatError
 from zchunk.io._find import find_inputs
-from zchunk.io._readers import Request, open_array
+from zchunk.io._readers import Found, Request, open_array
 from zchunk.io._source import OpenArgs, OpenedSource
 
 if TYPE_CHECKING:
     from zchunk._types import MemoryLike, SourceLike
     from zchunk.stack import Stack
 
-__all__ = ["open", "open_planned", "parse_scale"]
+__all__ = ["find", "open", "open_planned", "parse_scale"]
 
 
 def open(
@@ -108,11 +109,40 @@ def open_planned(
     scale: dict[str, float] | None,
 ) -> Stack:
     """Open `source` as :func:`open` does, with chunks planned for `purpose` within `budget`."""
+    found = find(
+        source,
+        axes=axes,
+        budget=budget,
+        whole=whole,
+        purpose=purpose,
+        allow_incomplete=allow_incomplete,
+        scale=scale,
+    )
+    stack = found.stack()
+    args = OpenArgs(source, axes, budget, allow_incomplete, scale)
+    return stack.replace(source=OpenedSource(stack.data.name, args, found.reader))
+
+
+def find(
+    source: SourceLike,
+    /,
+    *,
+    axes: str | None,
+    budget: Budget,
+    whole: str,
+    purpose: Purpose,
+    allow_incomplete: bool,
+    scale: dict[str, float] | None,
+) -> Found:
+    """Parse the headers of `source` and plan its chunks, as :func:`open_planned`, no more.
+
+    What ``zchunk info`` needs: no dask array is built, and dask.array is not imported.
+    """
     request = Request(axes, budget, purpose, whole, allow_incomplete)
-    if isinstance(source, (np.ndarray, da.Array)):
-        stack, reader = open_array(request, source)
+    if isinstance(source, np.ndarray) or _is_dask_array(source):
+        found = open_array(request, source)  # type: ignore[arg-type]
     else:
-        found, kind, paths = find_inputs(source)
+        reader, kind, paths = find_inputs(source)
         reason = incomplete_reason(paths[0]) if kind != "files" else None
         if reason is not None and not allow_incomplete:
             msg = (
@@ -120,26 +150,28 @@ def open_planned(
                 "allow_incomplete=True to read it anyway (missing blocks read as zeros)"
             )
             raise IncompleteOutputError(msg)
-        stack, reader = found.open(request, kind, paths)
-    if scale:
-        stack = _calibrate(stack, scale)
-    args = OpenArgs(source, axes, budget, allow_incomplete, scale)
-    return stack.replace(source=OpenedSource(stack.data.name, args, reader))
+        found = reader.find(request, kind, paths)
+    return _calibrate(found, scale) if scale else found
 
 
-def _calibrate(stack: Stack, scale: dict[str, float]) -> Stack:
+def _is_dask_array(source: object) -> bool:
+    dask_array = sys.modules.get("dask.array")  # a dask array means dask.array is imported
+    return dask_array is not None and isinstance(source, dask_array.Array)
+
+
+def _calibrate(found: Found, scale: dict[str, float]) -> Found:
     """Set the pixel size of the axes named in `scale` (micrometers; seconds for t)."""
-    unknown = set(scale) - set(stack.axes)
+    unknown = set(scale) - set(found.axes)
     if unknown:
-        msg = f"scale names axes {sorted(unknown)} that the stack (axes {stack.axes!r}) lacks"
+        msg = f"scale names axes {sorted(unknown)} that the stack (axes {found.axes!r}) lacks"
         raise StackFormatError(msg)
-    sizes = list(stack.scale)
-    units = list(stack.units)
+    sizes = list(found.scale)
+    units = list(found.units)
     for letter, value in scale.items():
-        i = stack.axis(letter)
+        i = found.axes.index(letter)
         sizes[i] = float(value)
         units[i] = "second" if letter == "t" else "micrometer"
-    return stack.replace(scale=tuple(sizes), units=tuple(units))
+    return dataclasses.replace(found, scale=tuple(sizes), units=tuple(units))
 
 
 def parse_scale(text: str, axes: str = "zyx") -> dict[str, float]:

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
-from zchunk._graph import from_tasks, grid
 from zchunk.chunking import plan
 from zchunk.errors import StackFormatError
 from zchunk.io import _tiff, _zarr
@@ -26,9 +23,11 @@ from zchunk.stack import Stack, default_axes
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from zchunk.chunking import Budget, Purpose
+    import dask.array as da
 
-__all__ = ["READERS", "Reader", "Request", "open_array"]
+    from zchunk.chunking import Budget, ChunkPlan, Purpose
+
+__all__ = ["READERS", "Found", "Reader", "Request", "open_array"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +42,37 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Found:
+    """An input as its reader found it: all a Stack holds but the dask array, built by `stack`.
+
+    ``zchunk info`` stops here, so it needs no dask array (nor the import of dask.array).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    axes: str
+    scale: tuple[float | None, ...]
+    units: tuple[str | None, ...]
+    name: str
+    attrs: dict[str, Any]
+    plan: ChunkPlan
+    reader: Any  # reads regions within a task (see OpenedSource), or None
+    build: Callable[[], da.Array]
+
+    def stack(self) -> Stack:
+        """Build the dask array and return the Stack."""
+        return Stack(
+            self.build(),
+            axes=self.axes,
+            scale=self.scale,
+            units=self.units,
+            name=self.name,
+            attrs=self.attrs,
+            plan=self.plan,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Reader:
     """One input format.
 
@@ -54,15 +84,16 @@ class Reader:
         ``claims(folder)``: whether a folder is one input of this format (a zarr store).
     suffixes : tuple of str
         Files of this format, opened alone or as a sequence (a folder, glob or list).
-    open : callable
-        ``open(request, kind, paths)`` with `kind` ``"file"`` (one file), ``"files"`` (a
-        sequence) or ``"folder"`` (a claimed folder): the Stack and its region reader.
+    find : callable
+        ``find(request, kind, paths)`` with `kind` ``"file"`` (one file), ``"files"`` (a
+        sequence) or ``"folder"`` (a claimed folder): what it found (headers parsed, chunks
+        planned), as :class:`Found`.
     """
 
     name: str
     claims: Callable[[str], bool]
     suffixes: tuple[str, ...]
-    open: Callable[[Request, str, list[str]], tuple[Stack, Any]]
+    find: Callable[[Request, str, list[str]], Found]
 
 
 def _resolve_axes(found: str | None, given: str | None, ndim: int, where: str) -> str:
@@ -95,7 +126,7 @@ def _read_tasks(
     return task
 
 
-def _open_tiff(request: Request, kind: str, paths: list[str]) -> tuple[Stack, Any]:
+def _find_tiff(request: Request, kind: str, paths: list[str]) -> Found:
     """Open a multi-page TIFF (`kind` "file") or a sequence of TIFF files."""
     info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
     layout = info.layout
@@ -119,32 +150,40 @@ def _open_tiff(request: Request, kind: str, paths: list[str]) -> tuple[Stack, An
             else 0
         ),
     )
-    chunks = grid(shape, chunk_plan.chunks)
     dtype = layout.dtype.newbyteorder("=")
-    name = "zchunk-read-" + tokenize(repr((layout.files, shape)), chunks, dtype.str)
-    data = from_tasks(
-        name, chunks, dtype, _read_tasks(_tiff.block_reader(layout, shape[:-2]), dtype)
-    )
+
+    def build() -> da.Array:
+        from dask.base import tokenize
+
+        from zchunk._graph import from_tasks, grid
+
+        chunks = grid(shape, chunk_plan.chunks)
+        key = "zchunk-read-" + tokenize(repr((layout.files, shape)), chunks, dtype.str)
+        read = _read_tasks(_tiff.block_reader(layout, shape[:-2]), dtype)
+        return from_tasks(key, chunks, dtype, read)
+
     scale, units = _calibration(ax, info.scale, info.units)
-    name = Path(paths[0]).name if kind == "file" else Path(paths[0]).parent.name or paths[0]
-    return Stack(
-        data,
-        axes=ax,
-        scale=scale,
-        units=units,
-        name=name,
-        attrs={
+    return Found(
+        shape,
+        dtype,
+        ax,
+        scale,
+        units,
+        Path(paths[0]).name if kind == "file" else Path(paths[0]).parent.name or paths[0],
+        {
             "source": paths[0] if kind == "file" else os.path.dirname(paths[0]) or ".",
             "source_paths": tuple(os.path.abspath(p) for p in paths),
             "layout": layout.describe(),
             "channel_names": info.channel_names,
             "tiff_metadata": info.metadata,
         },
-        plan=chunk_plan,
-    ), _tiff.RegionReader(layout, shape[:-2])
+        chunk_plan,
+        _tiff.RegionReader(layout, shape[:-2]),
+        build,
+    )
 
 
-def _open_zarr(request: Request, kind: str, paths: list[str]) -> tuple[Stack, Any]:
+def _find_zarr(request: Request, kind: str, paths: list[str]) -> Found:
     """Open a zarr array or the first level of an OME-Zarr image."""
     path = paths[0]
     info = _zarr.parse_zarr(path, allow_incomplete=request.allow_incomplete)
@@ -163,32 +202,43 @@ def _open_zarr(request: Request, kind: str, paths: list[str]) -> tuple[Stack, An
         x_align=cx,
         segment_bytes=int(np.prod(array.chunks)) * np.dtype(array.dtype).itemsize,
     )
-    checked = _zarr.CheckedArray(array, path)
-    data = da.from_array(
-        checked,
-        chunks=chunk_plan.chunks,
-        name="zchunk-zarr-" + tokenize(os.path.abspath(path), array.path, shape, chunk_plan.chunks),
-        meta=np.empty((0,) * len(shape), dtype=checked.dtype),
-        asarray=False,
-    )
+    checked = _zarr.CheckedArray(array, path)  # checked[slices] reads a region, halo included
+
+    def build() -> da.Array:
+        import dask.array as da
+        from dask.base import tokenize
+
+        token = tokenize(os.path.abspath(path), array.path, shape, chunk_plan.chunks)
+        data: da.Array = da.from_array(
+            checked,
+            chunks=chunk_plan.chunks,
+            name="zchunk-zarr-" + token,
+            meta=np.empty((0,) * len(shape), dtype=checked.dtype),
+            asarray=False,
+        )
+        return data
+
     scale, units = _calibration(ax, info.scale, info.units)
-    return Stack(
-        data,
-        axes=ax,
-        scale=scale,
-        units=units,
-        name=Path(path).name,
-        attrs={
+    return Found(
+        shape,
+        checked.dtype,
+        ax,
+        scale,
+        units,
+        Path(path).name,
+        {
             "source": path,
             "source_paths": (os.path.abspath(path),),
             "layout": info.layout,
             "channel_names": info.channel_names,
         },
-        plan=chunk_plan,
-    ), checked  # checked[slices] reads a region, halo included
+        chunk_plan,
+        checked,
+        build,
+    )
 
 
-def open_array(request: Request, array: np.ndarray | da.Array) -> tuple[Stack, Any]:
+def open_array(request: Request, array: np.ndarray | da.Array) -> Found:
     """Open a numpy or dask array (no file: no region reader)."""
     if np.dtype(array.dtype).kind not in "uif":
         msg = f"unsupported pixel type {array.dtype}: zchunk reads integer and float images"
@@ -202,13 +252,23 @@ def open_array(request: Request, array: np.ndarray | da.Array) -> tuple[Stack, A
         purpose=request.purpose,
         whole=request.whole,
     )
-    if isinstance(array, da.Array):
-        data = array.rechunk(chunk_plan.chunks)
-    else:
-        data = da.from_array(array, chunks=chunk_plan.chunks)
-    return Stack(
-        data, axes=ax, name="array", attrs={"layout": {"format": "array"}}, plan=chunk_plan
-    ), None
+
+    def build() -> da.Array:
+        import dask.array as da
+
+        data: da.Array
+        if isinstance(array, da.Array):
+            data = array.rechunk(chunk_plan.chunks)
+        else:
+            data = da.from_array(array, chunks=chunk_plan.chunks)
+        return data
+
+    unknown = (None,) * array.ndim
+    shape = tuple(int(n) for n in array.shape)
+    attrs: dict[str, Any] = {"layout": {"format": "array"}}
+    return Found(
+        shape, np.dtype(array.dtype), ax, unknown, unknown, "array", attrs, chunk_plan, None, build
+    )
 
 
 def _no_folder(path: str) -> bool:
@@ -217,6 +277,6 @@ def _no_folder(path: str) -> bool:
 
 #: The input formats, in the order they are tried: the one place to add a reader.
 READERS: tuple[Reader, ...] = (
-    Reader("zarr", _zarr.is_zarr, (), _open_zarr),
-    Reader("tiff", _no_folder, (".tif", ".tiff", ".btf", ".tf8"), _open_tiff),
+    Reader("zarr", _zarr.is_zarr, (), _find_zarr),
+    Reader("tiff", _no_folder, (".tif", ".tiff", ".btf", ".tf8"), _find_tiff),
 )

@@ -200,7 +200,7 @@ def save(
     >>> save(s, os.path.join(folder, "out.png"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    zchunk.errors.OptionError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.tif, .ome.zarr, .tiff, .tif, .zarr
+    zchunk.errors.OptionError: cannot tell the output format of '...out.png' from its suffix: use one of .ome.tiff, .ome.zarr, .ome.tif, .tiff, .zarr, .tif
     """
     fmt = format_of(path)
     if pyramid and not fmt.pyramid:
