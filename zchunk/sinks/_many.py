@@ -163,7 +163,7 @@ def _save_all(
     written: dict[str, Path] = {}
     for key, final in finals.items():
         if resume and os.path.lexists(final):
-            written[key] = _finished(key, stacks[key], final, settings[key], save, options)
+            written[key] = _finished(key, stacks[key], final, settings[key], options)
     todo = [key for key in stacks if key not in written]
     tiff_factor = 2 if options["compression"] else 1  # a compressed TIFF has its own scratch
     check_run_space(

@@ -261,6 +261,8 @@ def store_blocks(data: da.Array, target: Any, root: Path) -> None:
 
 
 def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
+    import zarr
+
     array = zarr.open_array(path, mode="r")
     return int(array.size), np.dtype(array.dtype)
 
