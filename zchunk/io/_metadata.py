@@ -128,11 +128,11 @@ def _plain(series: Any) -> dict[str, Any]:
         for letter, value in (("x", sx), ("y", sy)):
             if value is not None:
                 scale[letter], units[letter] = value * 1e4, "micrometer"
-    shaped = tif_shape(series)
+    shaped = declared_planes(series)
     return {"scale": scale, "units": units, "declared_planes": shaped}
 
 
-def tif_shape(series: Any) -> int | None:
+def declared_planes(series: Any) -> int | None:
     """Planes declared by tifffile's own shaped metadata, if any."""
     meta = getattr(series.parent, "shaped_metadata", None)
     if not meta or "shape" not in meta[0]:

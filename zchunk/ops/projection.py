@@ -88,9 +88,8 @@ def _project_bands(
 
 
 #: Bytes of one band a banded projection reads and reduces at a time (all of z, a few rows;
-#: never more than the planner's chunk). Measured on a 4.2 GB, 500-plane uint16 median (2
-#: cores): 16 MiB bands 1.47 s (reads of 32 KB per plane cost more in calls than in copying),
-#: 64 MiB 1.12 s, 128 MiB 1.10-1.25 s with 130 MB more memory.
+#: never more than the planner's chunk): long enough reads per plane, little memory (the
+#: measurements behind it are in benchmarks/RESULTS.md, "Tuning constants").
 BAND_BYTES = 64 * 2**20
 
 
