@@ -153,3 +153,32 @@ def test_stream_rows_properties(height, plane_row, state_row, budget, workers, l
     # never taller than balance (enough tasks per worker) or the read size asks for
     bands = math.ceil(STREAM_TASKS_PER_WORKER * workers / lead_tasks)
     assert rows <= max(align, math.ceil(height / bands), math.ceil(STREAM_MIN_READ / plane_row))
+
+
+def test_budget_is_parsed_once_and_validated():
+    from zchunk.chunking import Budget
+    from zchunk.errors import OptionError
+
+    b = Budget.parse("2GiB", workers=3)
+    assert (b.bytes, b.workers) == (2 * 1024**3, 3)
+    assert Budget.parse(b) is b  # a Budget passes through unparsed
+    assert Budget.parse(b, workers=1) == Budget(2 * 1024**3, 1)
+    with pytest.raises(OptionError, match="workers=0"):
+        Budget.parse("1GiB", workers=0)
+    with pytest.raises(OptionError, match="memory limit"):
+        Budget.parse("lots")
+
+
+def test_a_filter_plans_smaller_chunks_at_least_four_halos_tall():
+    import numpy as np
+
+    from zchunk.chunking import FILTER_MEMORY_FACTOR, PROJECTION, Budget, Purpose, plan
+
+    budget = Budget(64 * 2**20, 2)
+    shape, dtype = (50, 2000, 2000), np.dtype("uint16")
+    projection = plan(shape, "zyx", dtype, budget, purpose=PROJECTION)
+    filtering = plan(shape, "zyx", dtype, budget, purpose=Purpose.filter(2))
+    assert filtering.chunks[1] < projection.chunks[1]
+    assert filtering.chunks[1] >= 4 * 2
+    assert filtering.budget == budget.bytes // FILTER_MEMORY_FACTOR
+    assert (projection.purpose, filtering.purpose) == (PROJECTION, Purpose.filter(2))
