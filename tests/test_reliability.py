@@ -391,7 +391,7 @@ def test_not_enough_disk_space(tmp_path, monkeypatch, stack, name):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
     before = sorted(tmp_path.iterdir())
-    with pytest.raises(DiskSpaceError, match=r"needs about 28\.1 KiB.*9\.8 KiB free") as info:
+    with pytest.raises(DiskSpaceError, match=r"needs about 28\.12 kiB.*9\.77 kiB free") as info:
         zchunk.save(zchunk.filter(stack, "gaussian", sigma=1), tmp_path / name)
     one_line(info.value, name)
     assert sorted(tmp_path.iterdir()) == before
