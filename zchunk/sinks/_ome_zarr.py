@@ -9,32 +9,27 @@ are computed from it (see :mod:`zchunk.sinks._pyramid`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
 
 from zchunk.errors import OptionError
-from zchunk.sinks._atomic import prepare_output
 from zchunk.sinks._pyramid import level_scales, level_shapes, write_levels
-from zchunk.sinks._resume import (
-    finished_output,
-    resumable_output,
-    settings_of,
-    store_resumable,
-)
+from zchunk.sinks._write import write
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
-    native_order,
     open_aligned_array,
-    regular_grid,
     stack_attributes,
 )
 from zchunk.stack import normalize_unit
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import dask.array as da
 
     from zchunk._types import PathLike
     from zchunk.stack import Stack
@@ -81,6 +76,83 @@ def _axes_units(stack: Stack) -> dict[str, str]:
         if name is not None and kind is not None and name in known[kind]:
             out[axis] = name
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class OmeZarrWriter:
+    """An OME-Zarr image (see :class:`zchunk.sinks._write.Writer`).
+
+    Level 0 is written as :class:`~zchunk.sinks._zarr.ZarrWriter` writes an array, the NGFF
+    metadata by ome-zarr-py, and `pyramid` downsampled levels once level 0 is complete.
+    """
+
+    stack: Stack
+    ngff_version: str = "0.5"
+    pyramid: int = 0
+    format: str = "ome-zarr"
+    folder: bool = True
+    compressed: bool = True
+
+    def probe(self, path: Path, /) -> tuple[int, np.dtype[Any]]:
+        """Return the pixel count and dtype of level 0 of a finished output."""
+        return _probe(path)
+
+    @property
+    def _scale(self) -> list[float]:
+        return [1.0 if s is None else float(s) for s in self.stack.scale]
+
+    def settings(self, data: da.Array, /) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the metadata and writer options a partial output is resumed under."""
+        writer: dict[str, Any] = {"ngff_version": self.ngff_version}
+        levels = len(level_shapes(data.shape, self.pyramid))
+        if levels > 1:
+            writer["pyramid"] = levels - 1
+        attributes = stack_attributes(self.stack)
+        units = _axes_units(self.stack)
+        return {"zchunk": attributes, "scale": self._scale, "units": units}, writer
+
+    def create(self, partial: Path, data: da.Array, /) -> Any:
+        """Create the group, its NGFF metadata and the empty level 0."""
+        from ome_zarr.format import FormatV04, FormatV05  # type: ignore[import-untyped]
+        from ome_zarr.writer import write_multiscales_metadata  # type: ignore[import-untyped]
+
+        zarr_format = NGFF_VERSIONS[self.ngff_version]
+        fmt = FormatV05() if self.ngff_version == "0.5" else FormatV04()
+        shapes = level_shapes(data.shape, self.pyramid)
+        scales = level_scales(self._scale, len(shapes))
+        group = zarr.open_group(os.fspath(partial), mode="a", zarr_format=zarr_format)
+        write_multiscales_metadata(
+            group,
+            datasets=[
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": s}]}
+                for i, s in enumerate(scales)
+            ],
+            fmt=fmt,
+            axes=list(self.stack.axes),
+            axes_units=_axes_units(self.stack),
+            name=self.stack.name or None,
+        )
+        group.attrs["zchunk"] = stack_attributes(self.stack)
+        return create_aligned_array(
+            group.store,
+            data,
+            name="0",
+            axes=self.stack.axes,
+            zarr_format=zarr_format,
+            dimension_names=zarr_format == 3,
+        )
+
+    def reopen(self, partial: Path, data: da.Array, /) -> Any:
+        """Open level 0 of an interrupted run."""
+        return open_aligned_array(os.fspath(partial), data, name="0")
+
+    def finish(self, partial: Path, data: da.Array, /) -> None:
+        """Write the downsampled levels from level 0."""
+        shapes = level_shapes(data.shape, self.pyramid)
+        if len(shapes) > 1:
+            block = tuple(int(c[0]) for c in data.chunks)
+            zarr_format = NGFF_VERSIONS[self.ngff_version]
+            write_levels(partial, shapes, block, axes=self.stack.axes, zarr_format=zarr_format)
 
 
 def to_ome_zarr(
@@ -172,9 +244,6 @@ def to_ome_zarr(
     >>> zarr.open_group(out, mode="r")["1"].shape
     (4, 3, 4)
     """
-    from ome_zarr.format import FormatV04, FormatV05  # type: ignore[import-untyped]
-    from ome_zarr.writer import write_multiscales_metadata  # type: ignore[import-untyped]
-
     if ngff_version not in NGFF_VERSIONS:
         msg = f"ngff_version={ngff_version!r} is not supported: use one of {list(NGFF_VERSIONS)}"
         raise OptionError(msg)
@@ -182,64 +251,5 @@ def to_ome_zarr(
         msg = f"pyramid={pyramid!r} is not a number of levels: use an integer >= 0"
         raise OptionError(msg)
     check_writable(stack)
-    zarr_format = NGFF_VERSIONS[ngff_version]
-    fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
-    stack = _ngff_order(stack)
-    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
-        return done
-    final = prepare_output(path, stack.attrs, overwrite=overwrite)
-    data = regular_grid(native_order(stack.data))
-    scale = [1.0 if s is None else float(s) for s in stack.scale]
-    shapes = level_shapes(data.shape, pyramid)
-    scales = level_scales(scale, len(shapes))
-    writer: dict[str, object] = {"ngff_version": ngff_version}
-    if len(shapes) > 1:
-        writer["pyramid"] = len(shapes) - 1
-    attributes = stack_attributes(stack)
-    settings = settings_of(
-        stack,
-        data,
-        format="ome-zarr",
-        metadata={"zchunk": attributes, "scale": scale, "units": _axes_units(stack)},
-        writer=writer,
-    )
-    with resumable_output(
-        final,
-        settings,
-        folder=True,
-        resume=resume,
-        overwrite=overwrite,
-        nbytes=int(data.nbytes),
-        compressed=True,
-    ) as job:
-        data = job.align(data)
-        if job.fresh:
-            group = zarr.open_group(os.fspath(job.partial), mode="a", zarr_format=zarr_format)
-            write_multiscales_metadata(
-                group,
-                datasets=[
-                    {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": s}]}
-                    for i, s in enumerate(scales)
-                ],
-                fmt=fmt,
-                axes=list(stack.axes),
-                axes_units=_axes_units(stack),
-                name=stack.name or None,
-            )
-            group.attrs["zchunk"] = attributes
-            array = create_aligned_array(
-                group.store,
-                data,
-                name="0",
-                axes=stack.axes,
-                zarr_format=zarr_format,
-                dimension_names=zarr_format == 3,
-            )
-        else:
-            array = open_aligned_array(os.fspath(job.partial), data, name="0")
-        store_resumable([(data, array, job)])
-        if len(shapes) > 1:
-            block = tuple(int(c[0]) for c in data.chunks)
-            write_levels(job.partial, shapes, block, axes=stack.axes, zarr_format=zarr_format)
-        job.commit(overwrite=overwrite)
-    return final
+    writer = OmeZarrWriter(_ngff_order(stack), ngff_version, pyramid)
+    return write(writer, writer.stack, path, overwrite=overwrite, resume=resume)

@@ -9,19 +9,15 @@ silently loses data when two tasks touch the same shard.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
 
-from zchunk.errors import PartialOutputError, StackFormatError
-from zchunk.sinks._atomic import GuardedTarget, prepare_output
-from zchunk.sinks._resume import (
-    finished_output,
-    resumable_output,
-    settings_of,
-    store_resumable,
-)
+from zchunk.errors import PartialOutputError
+from zchunk.sinks._atomic import GuardedTarget
+from zchunk.sinks._write import check_writable, native_order, regular_grid, write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,72 +41,6 @@ __all__ = [
 
 #: Compressor of zarr outputs: zstd level 3 inside Blosc, with byte shuffling.
 DEFAULT_COMPRESSION_LEVEL = 3
-
-
-def check_writable(stack: Stack) -> None:
-    """Raise StackFormatError unless `stack` holds a non-empty array of integers or floats.
-
-    Examples
-    --------
-    >>> from zchunk.stack import Stack
-    >>> check_writable(Stack(np.zeros((2, 3), dtype=bool)))
-    Traceback (most recent call last):
-    ...
-    zchunk.errors.StackFormatError: cannot write pixels of dtype bool: cast the stack to an integer or float dtype first (e.g. uint8)
-    """
-    dtype = stack.dtype
-    if dtype.kind not in "uif":
-        msg = (
-            f"cannot write pixels of dtype {dtype}: cast the stack to an integer or float "
-            "dtype first (e.g. uint8)"
-        )
-        raise StackFormatError(msg)
-    if stack.data.size == 0:
-        msg = f"cannot write an empty stack of shape {stack.shape}"
-        raise StackFormatError(msg)
-
-
-def native_order(data: da.Array) -> da.Array:
-    """Return `data` lazily converted to the machine's byte order, if it is not already."""
-    dtype = np.dtype(data.dtype)
-    if dtype.isnative:
-        return data
-    out: da.Array = data.astype(dtype.newbyteorder("="))
-    return out
-
-
-def _is_regular(chunks: tuple[int, ...]) -> bool:
-    return all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
-
-
-def regular_grid(data: da.Array) -> da.Array:
-    """Return `data` with chunks on a regular grid, as zarr needs, rechunking only if necessary.
-
-    A regular grid has equal chunks along each axis except a smaller last one. Along an axis
-    whose chunks are irregular, the target chunk is the first chunk's size, except along the
-    first axis of a volume (ndim >= 3: z, or t for a timelapse), which is never split: irregular
-    chunks there are merged into one chunk spanning the axis.
-
-    Examples
-    --------
-    >>> x = da.zeros((4, 10, 6), chunks=((4,), (3, 3, 4), (6,)))
-    >>> regular_grid(x).chunks
-    ((4,), (3, 3, 3, 1), (6,))
-    >>> regular_grid(da.zeros((5, 4), chunks=((2, 3), 4))).chunks
-    ((2, 2, 1), (4,))
-    """
-    target: list[int] = []
-    changed = False
-    for axis, chunks in enumerate(data.chunks):
-        if _is_regular(chunks):
-            target.append(chunks[0])
-            continue
-        changed = True
-        target.append(int(data.shape[axis]) if axis == 0 and data.ndim >= 3 else chunks[0])
-    if not changed:
-        return data
-    out: da.Array = data.rechunk(tuple(target))
-    return out
 
 
 def _plane_axes(axes: str) -> tuple[int, int]:
@@ -291,6 +221,39 @@ def stack_attributes(stack: Stack) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ZarrWriter:
+    """A zarr v3 array, one shard per block (see :class:`zchunk.sinks._write.Writer`)."""
+
+    stack: Stack
+    format: str = "zarr"
+    folder: bool = True
+    compressed: bool = True
+
+    def probe(self, path: Path, /) -> tuple[int, np.dtype[Any]]:
+        """Return the pixel count and dtype of a finished output."""
+        return _probe(path)
+
+    def settings(self, data: da.Array, /) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the metadata and writer options a partial output is resumed under."""
+        attributes = {"zchunk": stack_attributes(self.stack)}
+        return attributes, {"zarr_format": 3, "level": DEFAULT_COMPRESSION_LEVEL}
+
+    def create(self, partial: Path, data: da.Array, /) -> Any:
+        """Create the empty array."""
+        attributes = {"zchunk": stack_attributes(self.stack)}
+        return create_aligned_array(
+            os.fspath(partial), data, axes=self.stack.axes, attributes=attributes
+        )
+
+    def reopen(self, partial: Path, data: da.Array, /) -> Any:
+        """Open the array of an interrupted run."""
+        return open_aligned_array(os.fspath(partial), data)
+
+    def finish(self, partial: Path, data: da.Array, /) -> None:
+        """Nothing to add: the array is complete."""
+
+
 def to_zarr(
     stack: Stack,
     path: PathLike,
@@ -368,35 +331,4 @@ def to_zarr(
     >>> z.shards, z.chunks, int(z[:].sum()), z.attrs["zchunk"]["scale"]
     ((4, 3, 8), (1, 3, 8), 192, [2.0, 0.5, 0.5])
     """
-    check_writable(stack)
-    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
-        return done
-    final = prepare_output(path, stack.attrs, overwrite=overwrite)
-    data = regular_grid(native_order(stack.data))
-    attributes = {"zchunk": stack_attributes(stack)}
-    settings = settings_of(
-        stack,
-        data,
-        format="zarr",
-        metadata=attributes,
-        writer={"zarr_format": 3, "level": DEFAULT_COMPRESSION_LEVEL},
-    )
-    with resumable_output(
-        final,
-        settings,
-        folder=True,
-        resume=resume,
-        overwrite=overwrite,
-        nbytes=int(data.nbytes),
-        compressed=True,
-    ) as job:
-        data = job.align(data)
-        if job.fresh:
-            array = create_aligned_array(
-                os.fspath(job.partial), data, axes=stack.axes, attributes=attributes
-            )
-        else:
-            array = open_aligned_array(os.fspath(job.partial), data)
-        store_resumable([(data, array, job)])
-        job.commit(overwrite=overwrite)
-    return final
+    return write(ZarrWriter(stack), stack, path, overwrite=overwrite, resume=resume)
