@@ -34,6 +34,13 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         default=None,
         help="pixel sizes in um for inputs without calibration: z,y,x (e.g. 1,0.2,0.2)",
     )
+    p.add_argument(
+        "--pattern",
+        default=None,
+        help="a folder's axes from its file names: a regular expression with (name, index) "
+        "group pairs or named groups t/c/z, e.g. 'T(?P<t>[0-9]+)_Z(?P<z>[0-9]+)' (default: "
+        "tokens like t0001, Ch1, z005, Pos0)",
+    )
 
 
 def _scheduler(value: str) -> str:
@@ -132,6 +139,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         purpose=PROJECTION,
         allow_incomplete=args.allow_incomplete,
         scale=_scale(args),
+        pattern=args.pattern,
     )
     d = describe_found(found)
     print(json.dumps(d, indent=1, default=str) if args.json else format_info(d))
@@ -182,6 +190,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
         scale=_scale(args),
         pyramid=args.pyramid,
         ngff_version=args.ngff_version,
+        pattern=args.pattern,
     )
     _print_summary(args, summary)
     return 0
@@ -223,6 +232,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         pyramid=args.pyramid,
         scale=_scale(args),
         ngff_version=args.ngff_version,
+        pattern=args.pattern,
     )
     _print_summary(args, summary)
     return 0

@@ -156,6 +156,7 @@ def run_project(
     scale: dict[str, float] | None = None,
     pyramid: int = 0,
     ngff_version: str | None = None,
+    pattern: str | None = None,
 ) -> dict[str, Any]:
     """Open `source`, project it with every method in one read, and write the results.
 
@@ -190,6 +191,7 @@ def run_project(
             whole=axis,
             allow_incomplete=allow_incomplete,
             scale=scale,
+            pattern=pattern,
         )
         results = zchunk.project_many(
             stack,
@@ -275,6 +277,7 @@ def _open_filtered(
     whole: str,
     allow_incomplete: bool,
     scale: dict[str, float] | None,
+    pattern: str | None = None,
 ) -> tuple[Stack, Stack]:
     """Open `source` (planned for the filter, if any) and apply the filter: (opened, result).
 
@@ -298,6 +301,7 @@ def _open_filtered(
         purpose=purpose,
         allow_incomplete=allow_incomplete,
         scale=scale,
+        pattern=pattern,
     )
     if prefilter is None:
         return stack, stack
@@ -361,6 +365,7 @@ def run_filter(
     pyramid: int = 0,
     scale: dict[str, float] | None = None,
     ngff_version: str | None = None,
+    pattern: str | None = None,
 ) -> dict[str, Any]:
     """Open `source`, filter the whole volume chunk by chunk and write it to `out`.
 
@@ -391,6 +396,7 @@ def run_filter(
             whole="z",
             allow_incomplete=allow_incomplete,
             scale=scale,
+            pattern=pattern,
         )
         with compute_context(
             scheduler,

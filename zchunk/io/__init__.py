@@ -31,6 +31,7 @@ def open(
     whole: str = "z",
     allow_incomplete: bool = False,
     scale: dict[str, float] | None = None,
+    pattern: str | None = None,
 ) -> Stack:
     """Open an image stack lazily, chunked with the whole z axis in every chunk.
 
@@ -38,7 +39,9 @@ def open(
     ----------
     source : path, glob, list of paths, numpy or dask array
         A multi-page TIFF (plain, ImageJ hyperstack, OME-TIFF, BigTIFF; raw, striped, tiled or
-        compressed); a folder, glob or list of single-page TIFFs (natural order: ``z2`` before
+        compressed), any file of a multi-file OME-TIFF (Bio-Formats, Micro-Manager); a folder,
+        glob or list of TIFFs: arranged on a (t, c, z) grid when their names say so
+        (``t0001_c1_z005.tif``, see `pattern`), else in natural order (``z2`` before
         ``z10``); a zarr array (v2 or v3) or an OME-Zarr image (level 0); an array.
     axes : str, optional
         Axis letters of ``"tczyx"`` overriding the file's metadata. Without metadata a 3-D
@@ -59,6 +62,13 @@ def open(
         (``.<name>.zchunk-partial``), or a zarr array with missing chunks (written sparsely on
         purpose, with zarr's ``write_empty_chunks=False``). Missing blocks and chunks read as
         the fill value (zeros).
+    pattern : str, optional
+        For a folder, glob or list of files: a regular expression finding the axes in the
+        file names, as tifffile's ``FileSequence`` takes: (axis name, index) group pairs, e.g.
+        ``_(t)([0-9]+)_(c)([0-9]+)``, or named groups ``T(?P<t>[0-9]+)_Z(?P<z>[0-9]+)``; axis
+        names t/tp/time, c/ch, z, p/pos/position (one position only). By default tokens
+        like ``t0001``, ``TP1``, ``Ch0``, ``z005``, ``Pos0`` between ``_``/``-``/``.``
+        separators are recognised in a folder or glob. Every combination must have a file.
 
     Returns
     -------
@@ -94,6 +104,7 @@ def open(
         purpose=PROJECTION,
         allow_incomplete=allow_incomplete,
         scale=scale,
+        pattern=pattern,
     )
 
 
@@ -107,6 +118,7 @@ def open_planned(
     purpose: Purpose,
     allow_incomplete: bool,
     scale: dict[str, float] | None,
+    pattern: str | None = None,
 ) -> Stack:
     """Open `source` as :func:`open` does, with chunks planned for `purpose` within `budget`."""
     found = find(
@@ -117,9 +129,10 @@ def open_planned(
         purpose=purpose,
         allow_incomplete=allow_incomplete,
         scale=scale,
+        pattern=pattern,
     )
     stack = found.stack()
-    args = OpenArgs(source, axes, budget, allow_incomplete, scale)
+    args = OpenArgs(source, axes, budget, allow_incomplete, scale, pattern)
     return stack.replace(source=OpenedSource(stack.data.name, args, found.reader))
 
 
@@ -133,12 +146,14 @@ def find(
     purpose: Purpose,
     allow_incomplete: bool,
     scale: dict[str, float] | None,
+    pattern: str | None = None,
 ) -> Found:
     """Parse the headers of `source` and plan its chunks, as :func:`open_planned`, no more.
 
     What ``zchunk info`` needs: no dask array is built, and dask.array is not imported.
     """
-    request = Request(axes, budget, purpose, whole, allow_incomplete)
+    listed = isinstance(source, (list, tuple))
+    request = Request(axes, budget, purpose, whole, allow_incomplete, pattern, not listed)
     if isinstance(source, np.ndarray) or _is_dask_array(source):
         found = open_array(request, source)  # type: ignore[arg-type]
     else:

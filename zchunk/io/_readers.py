@@ -16,7 +16,7 @@ import numpy as np
 
 from zchunk.chunking import plan
 from zchunk.errors import StackFormatError
-from zchunk.io import _tiff, _zarr
+from zchunk.io import _sequence, _tiff, _zarr
 from zchunk.io._tiff_parse import parse_tiff, parse_tiff_files
 from zchunk.stack import Stack, default_axes
 
@@ -39,6 +39,8 @@ class Request:
     purpose: Purpose
     whole: str
     allow_incomplete: bool
+    pattern: str | None = None  # a sequence's axes from its file names (see _sequence)
+    by_name: bool = True  # arrange a sequence by the axes its names carry (not a list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +129,30 @@ def _read_tasks(
 
 
 def _find_tiff(request: Request, kind: str, paths: list[str]) -> Found:
-    """Open a multi-page TIFF (`kind` "file") or a sequence of TIFF files."""
+    """Open a multi-page TIFF (`kind` "file") or a sequence of TIFF files.
+
+    A folder or glob is arranged by the axes its file names carry (an explicit list keeps
+    the caller's order unless a pattern is given; see :mod:`zchunk.io._sequence`).
+    """
+    by_name = kind == "files" and (request.by_name or request.pattern is not None)
+    arranged = _sequence.arrange(paths, request.pattern) if by_name else None
+    if arranged is not None:
+        paths = list(arranged.paths)
     info = parse_tiff(paths[0]) if kind == "file" else parse_tiff_files(paths)
     layout = info.layout
     shape = info.shape
-    ax = _resolve_axes(
-        info.axes, request.axes, len(shape), paths[0] if kind == "file" else "the files"
-    )
+    found = info.axes
+    if arranged is not None and layout.kind == "folder":  # not a multi-file OME-TIFF dataset
+        shape = (*arranged.shape, *shape[1:])
+        inner = info.file_axes or default_axes(len(shape) - len(arranged.axes))
+        if set(inner) & set(arranged.axes):
+            msg = (
+                f"the file names give the axes {arranged.axes!r} but each file holds "
+                f"{inner!r} already: pass --axes / axes= for the whole stack"
+            )
+            raise StackFormatError(msg)
+        found = arranged.axes + inner
+    ax = _resolve_axes(found, request.axes, len(shape), paths[0] if kind == "file" else "the files")
     decoded = layout.compressed or layout.tiled
     chunk_plan = plan(
         shape,

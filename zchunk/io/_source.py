@@ -28,6 +28,7 @@ class OpenArgs:
     budget: Budget
     allow_incomplete: bool
     scale: dict[str, float] | None
+    pattern: str | None = None
 
     def open(self, whole: str, purpose: Purpose) -> Stack:
         """Open the input again with `whole` held whole in chunks planned for `purpose`."""
@@ -41,6 +42,7 @@ class OpenArgs:
             purpose=purpose,
             allow_incomplete=self.allow_incomplete,
             scale=self.scale,
+            pattern=self.pattern,
         )
 
 

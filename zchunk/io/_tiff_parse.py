@@ -286,6 +286,7 @@ class TiffInfo:
     units: dict[str, str]
     channel_names: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    file_axes: str | None = None  # a sequence: the axes of each file's own pages
 
 
 def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
@@ -478,6 +479,7 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
         units=first.units,
         channel_names=first.channel_names,
         metadata=first.metadata,
+        file_axes=first.axes,
     )
 
 
