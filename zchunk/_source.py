@@ -43,6 +43,9 @@ class Source(Protocol):
     row_align : int
         Band heights that decode no stored segment twice (the strip or tile height; 1 for
         uncompressed rows).
+    plane_copies : int
+        Memory one streamed plane costs, in planes of the stack's dtype (1 for a file; a
+        filter streaming through a ring of planes holds more).
     """
 
     @property
@@ -56,6 +59,9 @@ class Source(Protocol):
 
     @property
     def row_align(self) -> int: ...
+
+    @property
+    def plane_copies(self) -> int: ...
 
     def read(self, region: Region, /) -> np.ndarray:
         """Return the pixels of `region` (one slice per axis, steps of 1)."""

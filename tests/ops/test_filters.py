@@ -548,7 +548,8 @@ class _PlanesOnly:
     ("name", "params"), [("gaussian", {"sigma": 2}), ("sobel", {}), ("laplace", {})]
 )
 def test_region_tasks_stream_planes(name, params):
-    from zchunk.ops.filters import _filter_region, _separable, _Spec
+    from zchunk.ops._filter_stream import separable
+    from zchunk.ops.filters import _filter_region, _Spec
 
     a = blobs((2, 6, 30, 33), np.uint16, seed=3)
     reader = _PlanesOnly(a)
@@ -558,8 +559,37 @@ def test_region_tasks_stream_planes(name, params):
     axes = (2, 3) if name == "sobel" else (1, 2, 3)
     sigma = (0.0, 2.0, 2.0, 2.0) if name == "gaussian" else (0.0,) * 4
     s = _Spec(name, axes, sigma, (1,) * 4, "reflect", 0.0, 4.0, np.dtype(np.float32), None)
-    assert _separable(s, 4) is not None
+    assert separable(s) is not None
     got = _filter_region(reader, region, trim, s, a.dtype)
     assert reader.opened == 1
     whole = zfilter(Stack(da.from_array(a[1:2])), name, **params).data.compute()
     np.testing.assert_array_equal(got, whole[:, :, 12:24])
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("gaussian", {"sigma": 1.5}), ("sobel", {}), ("gaussian", {"sigma": 1, "dtype": "uint16"})],
+)
+def test_projection_of_a_filtered_file_streams_filtered_planes(tmp_path, name, params):
+    """`project --gaussian`: the filtered planes go straight into the running max."""
+    import tifffile
+
+    data = blobs((2, 9, 45, 61), "uint16", seed=7)
+    tifffile.imwrite(tmp_path / "s.tif", data, imagej=True, metadata={"axes": "TZYX"})
+    s = zchunk.open(str(tmp_path / "s.tif"), memory_limit="40KB")
+    filtered = zchunk.filter(s, name, **params)
+    assert filtered.source is not None
+    assert filtered.source.streams
+    many = zchunk.project_many(filtered, ["max", "min"])
+    layers = list(many["max"].data.__dask_graph__().layers)
+    assert not any(layer.startswith(f"zchunk-{name}") for layer in layers)  # no filtered chunks
+    assert any(layer.startswith("zchunk-stream") for layer in layers)
+    volume = filtered.data.compute()
+    np.testing.assert_array_equal(many["max"].data.compute(), volume.max(axis=1))
+    np.testing.assert_array_equal(many["min"].data.compute(), volume.min(axis=1))
+    median = zchunk.project(filtered, "median").data.compute()  # whole columns: banded
+    np.testing.assert_array_equal(median, np.median(volume, axis=1))
+    region = (slice(1, 2), slice(2, 5), slice(10, 20), slice(3, 61))  # a halo along z too
+    np.testing.assert_array_equal(filtered.source.read(region), volume[region])
+    along_t = zchunk.project(filtered, "max", axis="t")  # reopened with whole t, filtered again
+    np.testing.assert_array_equal(along_t.data.compute(), volume.max(axis=0))

@@ -74,6 +74,11 @@ class OpenedSource:
         """Band heights that decode no stored segment twice."""
         return self.reader.row_align if isinstance(self.reader, RegionReader) else 1
 
+    @property
+    def plane_copies(self) -> int:
+        """A streamed plane is one plane of the file."""
+        return 1
+
     def read(self, region: tuple[slice, ...], /) -> np.ndarray:
         """Return the pixels of `region`."""
         source: Any = self.reader if self.reader is not None else self.args.source

@@ -63,7 +63,6 @@ rechunks when a halo is deeper than a chunk.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -77,12 +76,17 @@ from zchunk._graph import from_tasks
 from zchunk._types import FILTERS, MODES
 from zchunk.chunking import Purpose
 from zchunk.errors import ChunkingError, OptionError
-from zchunk.ops._filter_kernels import store_rounded
-from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
+from zchunk.ops._filter_stream import (
+    FilteredSource,
+    halo_region,
+    separable,
+    stream_block,
+    stream_planes,
+)
 from zchunk.ops.projection import cast_rounded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
     from numpy.typing import DTypeLike
 
@@ -179,117 +183,10 @@ _REGISTRY: dict[str, _Filter] = {
 assert set(_REGISTRY) == set(FILTERS)
 
 
-# streamed separable filters: float32 passes, a ring of planes along z -------------------------
-
-_EDGE_WEIGHTS = {"sobel": (1.0, 2.0, 1.0), "prewitt": (1.0, 1.0, 1.0)}
-
-
-def _separable(spec: _Spec, ndim: int) -> Separable | None:
-    """Return the filter as scipy's 1-D passes, or None when it has none (rank filters).
-
-    The filtered axes of a block are its last two (y, x), preceded by z in 3-D.
-    """
-    if spec.work != np.float32 or spec.name not in _SEPARABLE:
-        return None
-    letters = "zyx"[3 - len(spec.axes) :]
-    axes = dict(zip(spec.axes, letters, strict=True))
-
-    def gauss(orders: dict[int, int]) -> tuple[Pass, ...]:
-        return tuple(
-            Pass(axes[i], gaussian_weights(spec.sigma[i], orders.get(i, 0), spec.truncate))
-            for i in spec.axes
-            if spec.sigma[i] > 1e-15  # scipy skips these axes
-        )
-
-    terms: tuple[tuple[Pass, ...], ...]
-    combine: Literal["sum", "magnitude"] = "sum"
-    if spec.name == "gaussian":
-        terms = (gauss({}),)
-    elif spec.name == "gaussian_gradient_magnitude":
-        terms, combine = tuple(gauss({a: 1}) for a in spec.axes), "magnitude"
-    elif spec.name == "laplace":
-        terms = tuple((Pass(axes[a], (1.0, -2.0, 1.0)),) for a in spec.axes)
-    elif spec.name == "uniform":
-        # sums of the window, divided once (see Separable); each pass pads with cval times
-        # the window of the passes before it, which is what a mean there would sum to
-        sizes = [spec.size[i] for i in spec.axes if spec.size[i] > 1]
-        passes = tuple(
-            Pass(axes[i], (1.0,) * spec.size[i], float(math.prod(sizes[:n])))
-            for n, i in enumerate(i for i in spec.axes if spec.size[i] > 1)
-        )
-        divisor = float(math.prod(sizes))
-        return Separable((passes,), "sum", spec.mode, spec.cval, divisor)
-    else:  # sobel, prewitt: the derivative first, then smoothing along the others in order
-        smooth = _EDGE_WEIGHTS[spec.name]
-        terms = tuple(
-            (
-                Pass(axes[a], (-1.0, 0.0, 1.0)),
-                *(Pass(axes[b], smooth) for b in spec.axes if b != a),
-            )
-            for a in spec.axes
-        )
-        combine = "magnitude"
-    return Separable(terms, combine, spec.mode, spec.cval)
-
-
-_SEPARABLE = frozenset(
-    {"gaussian", "gaussian_gradient_magnitude", "laplace", "uniform", "sobel", "prewitt"}
-)
-
-
-def _store_plane(
-    plane: np.ndarray, trim: tuple[slice, slice], out: np.ndarray, dtype: np.dtype[Any]
-) -> None:
-    """Write the `trim` part of a filtered float32 plane into `out`, cast to `dtype`."""
-    if dtype.kind in "iu" and dtype.itemsize <= 2 and plane.dtype == np.float32:
-        info = np.iinfo(dtype)
-        rows, cols = trim
-        store_rounded(plane, rows.start, cols.start, float(info.min), float(info.max), out)
-    elif dtype == np.float32:
-        out[...] = plane[trim]
-    else:
-        out[...] = cast_rounded(plane[trim], dtype)
-
-
-def _stream_planes(
-    planes: Iterable[np.ndarray],
-    sep: Separable,
-    shape: tuple[int, ...],
-    in_dtype: np.dtype[Any],
-    nz: int,
-    trim: tuple[slice, slice],
-    out: np.ndarray,
-) -> np.ndarray:
-    """Filter `planes` (of `shape`, leading axes in C order) in runs of `nz` along z.
-
-    `out` has the leading shape and the trimmed plane shape; it is filled plane by plane.
-    """
-    flat = out.reshape(-1, *out.shape[-2:])
-    dtype = np.dtype(out.dtype)
-    stream = iter(planes)
-    plane_shape = (shape[-2], shape[-1])
-    for start in range(0, flat.shape[0], nz):
-        engine = PlaneFilter(sep, nz, plane_shape, in_dtype, float64=dtype.kind in "iu")
-        run = itertools.islice(stream, nz)
-        for k, plane in engine.run(run):
-            _store_plane(plane, trim, flat[start + k], dtype)
-    return out
-
-
-def _stream_block(block: np.ndarray, spec: _Spec, sep: Separable) -> np.ndarray:
-    """Filter an in-memory block with the plane stream (z whole in the block)."""
-    shape = block.shape
-    nz = shape[-3] if len(spec.axes) == 3 else 1
-    planes = np.ascontiguousarray(block).reshape(-1, shape[-2], shape[-1])
-    out = np.empty(shape, dtype=spec.out or np.float32)
-    trim = (slice(0, shape[-2]), slice(0, shape[-1]))
-    return _stream_planes(iter(planes), sep, shape, block.dtype, nz, trim, out)
-
-
 def _filter_block(block: np.ndarray, *, spec: _Spec) -> np.ndarray:
-    sep = _separable(spec, block.ndim)
+    sep = separable(spec)
     if sep is not None and block.size:
-        return _stream_block(block, spec, sep)
+        return stream_block(block, spec, sep)
     result = _REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
     if spec.out is None:
         return result
@@ -559,14 +456,12 @@ def _filter_region(
     (:func:`_stream_planes`): the task holds the ring of planes and its output chunk, never
     the read chunk.
     """
-    sep = _separable(spec, len(region))
+    sep = separable(spec)
     if sep is not None and source.streams:
         shape = tuple(s.stop - s.start for s in region)
-        nz = shape[-3] if len(spec.axes) == 3 else 1
-        out_shape = tuple(s.stop - s.start for s in trim)
-        out = np.empty(out_shape, dtype=spec.out or np.float32)
-        plane_trim = (trim[-2], trim[-1])
-        return _stream_planes(source.planes(region), sep, shape, in_dtype, nz, plane_trim, out)
+        out = np.empty(tuple(s.stop - s.start for s in trim), dtype=spec.out or np.float32)
+        three_d = len(spec.axes) == 3
+        return stream_planes(source.planes(region), sep, shape, in_dtype, trim, three_d, out)
     block: np.ndarray = _filter_block(source.read(region), spec=spec)[trim]
     return np.ascontiguousarray(block)
 
@@ -592,13 +487,7 @@ def _filter_regions(
     radius = {i: _radius(spec, i) for i in axes}
 
     def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
-        region = tuple(
-            slice(max(0, s.start - radius.get(i, 0)), min(shape[i], s.stop + radius.get(i, 0)))
-            for i, s in enumerate(slices)
-        )
-        trim = tuple(
-            slice(s.start - r.start, s.stop - r.start) for s, r in zip(slices, region, strict=True)
-        )
+        region, trim = halo_region(slices, shape, radius)
         return (_filter_region, source, region, trim, spec, data.dtype)
 
     key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
@@ -721,9 +610,22 @@ def filter(
     )
 
     result_dtype = out_dtype if out_dtype is not None else work
+    source: FilteredSource | None = None
     if stack.source is not None and stack.source.reads_regions:
         # straight from the file: each task reads its chunk with the halo and filters it
         filtered = _filter_regions(stack.source, stack.data, spec, axes, result_dtype, name)
+        call: dict[str, Any] = {"name": name, "sigma": sigma, "size": size}
+        call |= {"per_plane": per_plane}
+        call |= {"mode": mode, "dtype": dtype, **params}
+        source = FilteredSource(
+            name=filtered.name,
+            source=stack.source,
+            spec=spec,
+            shape=stack.shape,
+            radius=tuple((i, _radius(spec, i)) for i in axes),
+            in_dtype=stack.dtype,
+            call=tuple(call.items()),
+        )
     else:
         filtered = _filter_overlap(stack.data, spec, axes, result_dtype, name)
 
@@ -738,4 +640,5 @@ def filter(
     if "truncate" in spec_entry.extras:
         described["truncate"] = truncate
     attrs = {**stack.attrs, "filter": described}
-    return stack.replace(data=filtered, name=f"{name}-{stack.name}", attrs=attrs)
+    # a projection of the result streams filtered planes from the file (see FilteredSource)
+    return stack.replace(data=filtered, name=f"{name}-{stack.name}", attrs=attrs, source=source)

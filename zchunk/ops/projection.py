@@ -106,7 +106,7 @@ def _stream_chunks(
     state = sum(r.acc_dtype.itemsize + dtypes[m].itemsize for m, r in running.items())
     rows = plan_stream_rows(
         data.shape[-2],
-        plane_row_bytes=cols * data.dtype.itemsize,
+        plane_row_bytes=cols * data.dtype.itemsize * source.plane_copies,
         state_row_bytes=cols * state,
         budget=plan.budget,
         workers=plan.workers,
