@@ -73,7 +73,10 @@ def test_source_belongs_to_the_array_it_opened(tmp_path):
     assert stack.replace(data=stack.data + 1).source is None
     assert Stack(stack.data[:, :10], axes="zyx", source=stack.source).source is None
     assert zchunk.project(stack, "max").source is None
-    assert zchunk.filter(stack, "gaussian", sigma=1).source is None
+    filtered = zchunk.filter(stack, "gaussian", sigma=1)  # its own source: filtered planes
+    assert filtered.source is not None
+    assert filtered.source.name == filtered.data.name
+    assert filtered.replace(data=filtered.data + 1).source is None
 
 
 def test_source_and_plan_stay_out_of_repr_and_equality(tmp_path):
