@@ -325,6 +325,19 @@ def test_partial_without_record_is_started_over_on_resume(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(out)[:], a)
 
 
+def test_tiff_killed_before_its_header_was_written_is_laid_out_again_on_resume(tmp_path):
+    """Killed between creating the record and writing the TIFF header: no block is done."""
+    stack, a = make_stack()
+    stack = Interrupt(after=2).wrap(stack)  # the same graph for both runs
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_tiff(stack, tmp_path / "a.tif")
+    for name in os.listdir(blocks_dir(tmp_path / "a.tif")):  # as before the first block
+        os.remove(blocks_dir(tmp_path / "a.tif") / name)
+    partial_of(tmp_path / "a.tif").write_bytes(b"")  # and before tifffile wrote the header
+    out = to_tiff(stack, tmp_path / "a.tif", resume=True)
+    np.testing.assert_array_equal(tifffile.imread(out), a)
+
+
 def test_disk_space_is_checked_before_writing(tmp_path, monkeypatch):
     stack, _ = make_stack()
     usage = shutil.disk_usage(tmp_path)

@@ -382,7 +382,9 @@ def _write_uncompressed(
         compressed=False,
     ) as job:
         data = job.align(data)
-        if job.fresh:
+        # with no block done yet, the partial file holds nothing to keep: a run killed before
+        # tifffile finished its header left it empty or cut, so it is laid out again
+        if job.fresh or not job.done:
             located = tifffile.imwrite(
                 job.partial,
                 None,
