@@ -96,3 +96,22 @@ def test_plane_filter_refuses_a_short_stream():
     sep = Separable(((Pass("y", (1.0, 2.0, 1.0)),),), "sum", "reflect", 0.0)
     with pytest.raises(ValueError, match="expected 3 planes, got 2"):
         list(PlaneFilter(sep, 3, (2, 2), np.dtype(np.uint8)).run(iter(np.zeros((2, 2, 2)))))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("sizes", [(1, 3, 3), (3, 3, 3), (2, 4, 11), (5, 1, 70), (7, 2, 1)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("is_max", [False, True])
+def test_running_min_max_is_scipys_bit_for_bit(dtype, sizes, mode, is_max, rng):
+    from zchunk.ops._rank_kernels import MinMaxFilter
+
+    for shape in [(1, 5, 7), (3, 12, 9), (8, 17, 80)]:  # x wider and narrower than the window
+        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else np.finfo(dtype)
+        a = rng.integers(max(info.min, -1000), min(info.max, 1000), shape).astype(dtype)
+        func = ndimage.maximum_filter if is_max else ndimage.minimum_filter
+        ref = func(a, size=sizes, mode=mode, cval=7)
+        engine = MinMaxFilter(sizes, mode, 7, is_max, shape[0], shape[1:], a.dtype)
+        got = np.empty_like(a)
+        for k, plane in engine.run(iter(a)):
+            got[k] = plane
+        np.testing.assert_array_equal(got, ref)

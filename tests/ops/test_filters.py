@@ -593,3 +593,29 @@ def test_projection_of_a_filtered_file_streams_filtered_planes(tmp_path, name, p
     np.testing.assert_array_equal(filtered.source.read(region), volume[region])
     along_t = zchunk.project(filtered, "max", axis="t")  # reopened with whole t, filtered again
     np.testing.assert_array_equal(along_t.data.compute(), volume.max(axis=0))
+
+
+@pytest.mark.parametrize("name", ["minimum", "maximum"])
+@pytest.mark.parametrize(
+    ("dtype", "cval"), [(np.uint8, 0), (np.int16, -5), (np.int32, 7), (np.uint8, 0.5)]
+)
+def test_min_max_stream_bit_exact_from_a_file(tmp_path, name, dtype, cval):
+    """Minimum and maximum stream a file's planes too (cval 0.5 on uint8: scipy's own path)."""
+    import tifffile
+
+    from zchunk.ops._filter_stream import streamer
+
+    a = blobs((2, 7, 45, 61), "uint16", seed=3).astype(dtype)
+    tifffile.imwrite(tmp_path / "s.tif", a, metadata={"axes": "TZYX"})
+    s = zchunk.open(str(tmp_path / "s.tif"), axes="tzyx", memory_limit="40KB")
+    assert s.data.numblocks[2] > 2
+    out = zfilter(s, name, size=(3, 5, 4), mode="constant", cval=cval)
+    ref = np.stack(
+        [getattr(ndimage, f"{name}_filter")(v, (3, 5, 4), mode="constant", cval=cval) for v in a]
+    )
+    np.testing.assert_array_equal(out.data.compute(), ref)
+    assert out.data.dtype == dtype
+    assert (out.source is not None and out.source.streams) == (cval != 0.5)
+    spec = out.source.spec
+    assert (streamer(spec) is None) == (cval == 0.5)
+    np.testing.assert_array_equal(zchunk.project(out, "max").data.compute(), ref.max(axis=1))

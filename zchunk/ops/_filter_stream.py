@@ -12,19 +12,21 @@ into its running results, so no task ever holds a filtered chunk.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from zchunk.ops._filter_kernels import store_rounded
+from zchunk.ops._rank_kernels import MinMaxFilter
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
 from zchunk.ops.projection import cast_rounded
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from zchunk._source import Source
     from zchunk.ops.filters import _Spec
@@ -37,6 +39,7 @@ __all__ = [
     "separable",
     "stream_block",
     "stream_planes",
+    "streamer",
 ]
 
 _EDGE_WEIGHTS = {"sobel": (1.0, 2.0, 1.0), "prewitt": (1.0, 1.0, 1.0)}
@@ -99,19 +102,72 @@ def store_plane(
     plane: np.ndarray, trim: tuple[slice, slice], out: np.ndarray, dtype: np.dtype[Any]
 ) -> None:
     """Write the `trim` part of a filtered float32 plane into `out`, cast to `dtype`."""
-    if dtype.kind in "iu" and dtype.itemsize <= 2 and plane.dtype == np.float32:
+    if plane.dtype == dtype:
+        out[...] = plane[trim]
+    elif dtype.kind in "iu" and dtype.itemsize <= 2 and plane.dtype == np.float32:
         info = np.iinfo(dtype)
         rows, cols = trim
         store_rounded(plane, rows.start, cols.start, float(info.min), float(info.max), out)
-    elif dtype == np.float32:
-        out[...] = plane[trim]
     else:
         out[...] = cast_rounded(plane[trim], dtype)
 
 
+class Engine(Protocol):
+    """Filters the planes of one run along z: :class:`PlaneFilter` or :class:`MinMaxFilter`."""
+
+    def run(self, planes: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(k, filtered plane k)`` in order."""
+        ...
+
+
+#: (planes along z, plane shape, input dtype, float64 magnitudes) -> an engine for one run
+type EngineFactory = Callable[[int, tuple[int, int], np.dtype[Any], bool], Engine]
+
+
+_STREAMED_RANK = frozenset(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f4", "f8"))
+
+
+def streamer(spec: _Spec) -> EngineFactory | None:
+    """Return what filters a run of planes for this spec, or None if it does not stream.
+
+    Separable linear filters (float32 work) and minimum/maximum of 8- to 32-bit integers and
+    floats, with a cval the dtype holds exactly (scipy compares in float64: such a cval
+    compares the same in the input dtype).
+    """
+    sep = separable(spec)
+    if sep is not None:
+        return functools.partial(_plane_filter, sep)
+    if spec.name not in ("minimum", "maximum") or spec.work not in _STREAMED_RANK:
+        return None
+    if spec.mode == "constant" and float(spec.work.type(spec.cval)) != spec.cval:
+        return None
+    size = spec.size
+    sizes = (size[-3] if len(spec.axes) == 3 else 1, size[-2], size[-1])
+    return functools.partial(_min_max, sizes, spec.mode, spec.cval, spec.name == "maximum")
+
+
+def _plane_filter(
+    sep: Separable, nz: int, shape: tuple[int, int], dtype: np.dtype[Any], float64: bool
+) -> Engine:
+    return PlaneFilter(sep, nz, shape, dtype, float64=float64)
+
+
+def _min_max(
+    sizes: tuple[int, int, int],
+    mode: str,
+    cval: float,
+    is_max: bool,
+    nz: int,
+    shape: tuple[int, int],
+    dtype: np.dtype[Any],
+    float64: bool,
+) -> Engine:
+    return MinMaxFilter(sizes, mode, cval, is_max, nz, shape, dtype)
+
+
 def filtered_planes(
     planes: Iterable[np.ndarray],
-    sep: Separable,
+    make: EngineFactory,
     shape: tuple[int, ...],
     in_dtype: np.dtype[Any],
     zs: slice | None,
@@ -130,7 +186,7 @@ def filtered_planes(
     keep = zs if zs is not None else slice(0, 1)
     stream = iter(planes)
     for _ in range(math.prod(shape[:-2]) // nz):
-        engine = PlaneFilter(sep, nz, (shape[-2], shape[-1]), in_dtype, float64=float64)
+        engine = make(nz, (shape[-2], shape[-1]), in_dtype, float64)
         for k, plane in engine.run(itertools.islice(stream, nz)):
             if keep.start <= k < keep.stop:
                 yield plane
@@ -138,7 +194,7 @@ def filtered_planes(
 
 def stream_planes(
     planes: Iterable[np.ndarray],
-    sep: Separable,
+    make: EngineFactory,
     shape: tuple[int, ...],
     in_dtype: np.dtype[Any],
     trim: tuple[slice, ...],
@@ -149,19 +205,19 @@ def stream_planes(
     flat = out.reshape(-1, *out.shape[-2:])
     dtype = np.dtype(out.dtype)
     zs = trim[-3] if three_d else None
-    stream = filtered_planes(planes, sep, shape, in_dtype, zs, float64=dtype.kind in "iu")
+    stream = filtered_planes(planes, make, shape, in_dtype, zs, float64=dtype.kind in "iu")
     for j, plane in enumerate(stream):
         store_plane(plane, (trim[-2], trim[-1]), flat[j], dtype)
     return out
 
 
-def stream_block(block: np.ndarray, spec: _Spec, sep: Separable) -> np.ndarray:
+def stream_block(block: np.ndarray, spec: _Spec, make: EngineFactory) -> np.ndarray:
     """Filter an in-memory block with the plane stream (z whole in the block)."""
     shape = block.shape
     planes = np.ascontiguousarray(block).reshape(-1, shape[-2], shape[-1])
-    out = np.empty(shape, dtype=spec.out or np.float32)
+    out = np.empty(shape, dtype=spec.out or spec.work)
     trim = tuple(slice(0, n) for n in shape)
-    return stream_planes(iter(planes), sep, shape, block.dtype, trim, len(spec.axes) == 3, out)
+    return stream_planes(iter(planes), make, shape, block.dtype, trim, len(spec.axes) == 3, out)
 
 
 def halo_region(
@@ -208,7 +264,7 @@ class FilteredSource:
     @property
     def streams(self) -> bool:
         """Whether :meth:`planes` streams (a separable filter of a file that streams)."""
-        return self.source.streams and separable(self.spec) is not None
+        return self.source.streams and streamer(self.spec) is not None
 
     @property
     def row_align(self) -> int:
@@ -219,10 +275,9 @@ class FilteredSource:
     def plane_copies(self) -> int:
         """Memory of a streamed plane, in planes of the result: the ring and the work planes."""
         sep = separable(self.spec)
-        if sep is None:
-            return 1
-        reach = sep.reach("z")
-        return 2 * reach + 4 + 12 * (2 if sep.combine == "magnitude" else 1)
+        if sep is not None:  # ring, work planes (float32), magnitudes' float64 sums
+            return 2 * sep.reach("z") + 4 + 12 * (2 if sep.combine == "magnitude" else 1)
+        return 2 * max(self.spec.size) + 4  # minimum/maximum: ring, van Herk lines
 
     def _grown(self, region: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         return halo_region(region, self.shape, dict(self.radius))
@@ -236,19 +291,19 @@ class FilteredSource:
 
     def planes(self, region: tuple[slice, ...], /) -> Iterator[np.ndarray]:
         """Yield the filtered (rows, columns) planes of `region` in order, one at a time."""
-        sep = separable(self.spec)
-        if sep is None:
+        make = streamer(self.spec)
+        if make is None:
             block = self.read(region)
             yield from block.reshape(-1, *block.shape[-2:])
             return
         grown, trim = self._grown(region)
         shape = tuple(s.stop - s.start for s in grown)
-        dtype = np.dtype(self.spec.out or np.float32)
+        dtype = np.dtype(self.spec.out or self.spec.work)
         out = np.empty((trim[-2].stop - trim[-2].start, trim[-1].stop - trim[-1].start), dtype)
         zs = trim[-3] if len(self.spec.axes) == 3 else None
         stream = self.source.planes(grown)
         float64 = dtype.kind in "iu"
-        for plane in filtered_planes(stream, sep, shape, self.in_dtype, zs, float64=float64):
+        for plane in filtered_planes(stream, make, shape, self.in_dtype, zs, float64=float64):
             store_plane(plane, (trim[-2], trim[-1]), out, dtype)
             yield out
 

@@ -49,8 +49,12 @@ x (typically the last, remainder band), neighbouring chunks along that axis are 
 split, and z is never touched) until every chunk is at least as deep as the halo; otherwise the
 output keeps the input's chunks and the graph has no rechunk.
 
+Minimum and maximum (8- to 32-bit integers, float32/64) stream the same way with running
+van Herk / Gil-Werman minima (:mod:`zchunk.ops._rank_kernels`), bit-exact with scipy; median
+uses scipy's ``median_filter``.
+
 A task of a freshly opened TIFF stack streams its region (band and halo, whole z) plane by plane
-through the separable filters: it holds a ring of ``2r + 1`` planes (r: the z radius) and its
+through the separable and min/max filters: it holds a ring of ``2r + 1`` planes (r: the z radius) and its
 output chunk, never the input chunk.
 
 dask-image's ``ndfilters`` wrappers are not used, for three reasons: they put a halo on every axis
@@ -79,9 +83,9 @@ from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._filter_stream import (
     FilteredSource,
     halo_region,
-    separable,
     stream_block,
     stream_planes,
+    streamer,
 )
 from zchunk.ops.projection import cast_rounded
 
@@ -184,9 +188,9 @@ assert set(_REGISTRY) == set(FILTERS)
 
 
 def _filter_block(block: np.ndarray, *, spec: _Spec) -> np.ndarray:
-    sep = separable(spec)
-    if sep is not None and block.size:
-        return stream_block(block, spec, sep)
+    make = streamer(spec)
+    if make is not None and block.size:
+        return stream_block(block, spec, make)
     result = _REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
     if spec.out is None:
         return result
@@ -456,12 +460,12 @@ def _filter_region(
     (:func:`_stream_planes`): the task holds the ring of planes and its output chunk, never
     the read chunk.
     """
-    sep = separable(spec)
-    if sep is not None and source.streams:
+    make = streamer(spec)
+    if make is not None and source.streams:
         shape = tuple(s.stop - s.start for s in region)
-        out = np.empty(tuple(s.stop - s.start for s in trim), dtype=spec.out or np.float32)
+        out = np.empty(tuple(s.stop - s.start for s in trim), dtype=spec.out or spec.work)
         three_d = len(spec.axes) == 3
-        return stream_planes(source.planes(region), sep, shape, in_dtype, trim, three_d, out)
+        return stream_planes(source.planes(region), make, shape, in_dtype, trim, three_d, out)
     block: np.ndarray = _filter_block(source.read(region), spec=spec)[trim]
     return np.ascontiguousarray(block)
 
