@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from zchunk._source import Source
+    from zchunk.chunking import Purpose
     from zchunk.ops.filters import _Spec
     from zchunk.stack import Stack
 
@@ -255,6 +256,7 @@ class FilteredSource:
     radius: tuple[tuple[int, int], ...]
     in_dtype: np.dtype[Any]
     call: tuple[tuple[str, Any], ...]
+    purpose: Purpose
 
     @property
     def reads_regions(self) -> bool:
@@ -314,11 +316,16 @@ class FilteredSource:
         for a in range(0, block.shape[-2], max(rows, 1)):
             yield planes[:, a : a + max(rows, 1), :]
 
-    def reopen(self, *, whole: str) -> Stack:
-        """Open the input again with `whole` held whole, and filter it the same way."""
+    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
+        """Open the input again with `whole` held whole, and filter it the same way.
+
+        The input's chunks are planned for this filter (`purpose`, a projection's say, does
+        not apply to the input of a filter), so the filter keeps them.
+        """
         from zchunk.ops.filters import filter as filter_
 
         # a 3-D filter needs z whole too (it would reopen the input with z whole only)
         if len(self.spec.axes) == 3 and "z" not in whole:
             whole += "z"
-        return filter_(self.source.reopen(whole=whole), **dict(self.call))
+        fresh = self.source.reopen(whole=whole, purpose=self.purpose)
+        return filter_(fresh, **dict(self.call))

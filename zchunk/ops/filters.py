@@ -591,7 +591,8 @@ def filter(
         msg = f"dtype={out_dtype} is not an integer or float type"
         raise OptionError(msg)
     halo = halo_pixels(name, sigma=sigma, size=size, truncate=truncate)
-    stack = _planned(stack, name, letters, Purpose.filter(halo))
+    purpose = Purpose.filter(halo)
+    stack = _planned(stack, name, letters, purpose)
 
     axes = tuple(sorted(stack.axis(a) for a in letters))
     by_axis = {stack.axis(a): i for i, a in enumerate(letters)}
@@ -629,6 +630,7 @@ def filter(
             radius=tuple((i, _radius(spec, i)) for i in axes),
             in_dtype=stack.dtype,
             call=tuple(call.items()),
+            purpose=purpose,
         )
     else:
         filtered = _filter_overlap(stack.data, spec, axes, result_dtype, name)
