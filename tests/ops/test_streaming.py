@@ -215,3 +215,32 @@ def test_prefetch_probes_until_the_first_uncached_range(tmp_path, monkeypatch):
     with _tiff._opened(spec) as fds:
         assert _tiff._Planes(spec, fds).prefetch(range(6), probe=True) is True
     assert asked == []  # all cached: nothing asked
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.bool_])
+@pytest.mark.parametrize("method", ["sum", "mean"])
+def test_integer_sums_add_32_bit_partials_and_widen_once_per_block(dtype, method):
+    """A partial sum holds `block` planes; more planes flush it into the 64-bit total."""
+    import dataclasses
+
+    from zchunk.ops._methods import _PartialSum, _sum_running
+
+    info = np.iinfo(dtype) if dtype != np.bool_ else None
+    rng = np.random.default_rng(5)
+    lo, hi = (info.min, info.max) if info else (0, 1)
+    planes = rng.integers(lo, hi, (11, 4, 5), endpoint=True).astype(dtype)
+    planes[:3] = hi  # the extreme value, as often as a block holds it
+    running = _sum_running(method, "numpy", np.dtype(dtype))
+    assert running.partial is not None
+    assert running.block * max(abs(lo), hi) <= np.iinfo(running.partial).max  # cannot overflow
+    for block in (running.block, 3, 1):  # 3 and 1: flushes inside the stack
+        r = dataclasses.replace(running, block=block)
+        acc = r.start(planes[0])
+        assert isinstance(acc, _PartialSum)
+        assert acc.partial.dtype.itemsize == 4
+        for plane in planes[1:]:
+            r.add(acc, plane)
+        got = r.finish(acc, len(planes))
+        expected = getattr(np, method)(planes, axis=0)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

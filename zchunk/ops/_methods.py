@@ -180,9 +180,24 @@ def _ij_median(block: np.ndarray, *, axis: int) -> np.ndarray:
 # plane by plane -----------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _PartialSum:
+    """A running integer sum: the last planes in a 32-bit `partial`, widened into `total`."""
+
+    partial: np.ndarray
+    total: np.ndarray | None
+    count: int  # planes in `partial`
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A projection computed plane by plane: ``acc = ufunc(acc, plane)`` in z order."""
+    """A projection computed plane by plane: ``acc = ufunc(acc, plane)`` in z order.
+
+    Sums of 8- and 16-bit integers (and bools) add each plane to a 32-bit partial sum, which
+    holds `block` planes without overflow, and widen it to `acc_dtype` once per block (the
+    64-bit adds cost twice as much per plane). Integer sums are exact, so this gives the
+    same values in any order.
+    """
 
     ufunc: np.ufunc
     acc_dtype: np.dtype[Any]
@@ -190,18 +205,40 @@ class Running:
     imagej_round: np.dtype[Any] | None  # ImageJ's Average of 8/16-bit: round half up to this
     out_dtype: np.dtype[Any] | None  # dtype= cast
     nan_to: float | None = None  # ImageJ's 32-bit Max/Min: a column of NaN only gives this
+    partial: np.dtype[Any] | None = None  # 32-bit partial sums of small integers
+    block: int = 0  # planes a partial sum holds without overflow
 
-    def start(self, plane: np.ndarray) -> np.ndarray:
+    def start(self, plane: np.ndarray) -> Any:
+        if self.partial is not None:
+            return _PartialSum(plane.astype(self.partial, copy=True), None, 1)
         if self.ufunc is np.add:  # from zero, as the running sums of NumPy and ImageJ
             acc = np.zeros(plane.shape, self.acc_dtype)
             self.add(acc, plane)
             return acc
         return plane.astype(self.acc_dtype, copy=True)
 
-    def add(self, acc: np.ndarray, plane: np.ndarray) -> None:
-        self.ufunc(acc, plane, out=acc, dtype=self.acc_dtype, casting="unsafe")
+    def add(self, acc: Any, plane: np.ndarray) -> None:
+        if not isinstance(acc, _PartialSum):
+            self.ufunc(acc, plane, out=acc, dtype=self.acc_dtype, casting="unsafe")
+        elif acc.count < self.block:
+            np.add(acc.partial, plane, out=acc.partial, casting="unsafe")
+            acc.count += 1
+        else:
+            self._widen(acc)
+            np.copyto(acc.partial, plane, casting="unsafe")
+            acc.count = 1
 
-    def finish(self, acc: np.ndarray, n: int) -> np.ndarray:
+    def _widen(self, acc: _PartialSum) -> np.ndarray:
+        if acc.total is None:
+            acc.total = acc.partial.astype(self.acc_dtype)
+        else:
+            np.add(acc.total, acc.partial, out=acc.total, casting="unsafe")
+        acc.count = 0
+        return acc.total
+
+    def finish(self, acc: Any, n: int) -> np.ndarray:
+        if isinstance(acc, _PartialSum):
+            acc = self._widen(acc)
         if self.mean:  # as np.mean (float64 sum / count) and ImageJ (float32 sum / float32 n)
             acc = acc / (np.float32(n) if self.acc_dtype == np.float32 else n)
         if self.imagej_round is not None:
@@ -228,7 +265,23 @@ def _sum_running(method: str, like: str, dtype: np.dtype[Any]) -> Running | None
     if dtype.kind not in "uib":
         return None  # float sums: NumPy may sum pairwise, in another order
     acc = np.dtype(np.float64) if mean else np.sum(np.zeros(1, dtype)).dtype
-    return Running(np.add, acc, mean, None, None)
+    if dtype.itemsize > 2:
+        return Running(np.add, acc, mean, None, None)
+    partial, block = _partial_sum(dtype)
+    return Running(np.add, acc, mean, None, None, partial=partial, block=block)
+
+
+def _partial_sum(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], int]:
+    """Return the 32-bit partial sum dtype of an 8/16-bit (or bool) dtype, and its planes.
+
+    Examples
+    --------
+    >>> _partial_sum(np.dtype("uint16")), _partial_sum(np.dtype("int8"))
+    ((dtype('uint32'), 65537), (dtype('int32'), 16777215))
+    """
+    if dtype.kind == "i":
+        return np.dtype(np.int32), (2**31 - 1) // (2 ** (8 * dtype.itemsize - 1))
+    return np.dtype(np.uint32), (2**32 - 1) // (2 ** (8 * dtype.itemsize) - 1)
 
 
 def _no_running(method: str, like: str, dtype: np.dtype[Any]) -> Running | None:
