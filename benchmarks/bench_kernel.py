@@ -1,5 +1,10 @@
 """Throughput of the median kernel against ``np.median(block, axis=0)``, on one thread.
 
+Also the in-plane pass of the separable filters: zchunk's numba ``correlate_yx`` against
+OpenCV's ``cv2.sepFilter2D`` (when ``opencv-python-headless`` is installed; it is not a
+dependency) and ``scipy.ndimage.gaussian_filter``, float32, 17 taps (a gaussian of sigma 2),
+one thread, interleaved rounds.
+
 Usage::
 
     python benchmarks/bench_kernel.py --z 31 100 301 --size 512 --repeat 5
@@ -103,7 +108,46 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     print()
     print(markdown(rows))
+    print()
+    print(separable_pass(args.repeat, (64, 96) if args.smoke else (512, 2048)))
     return 0
+
+
+def separable_pass(repeat: int, shape: tuple[int, int]) -> str:
+    """Mpixel/s of the y+x gaussian pass of one float32 plane: numba, OpenCV, scipy."""
+    from scipy import ndimage
+
+    from zchunk.ops._filter_kernels import MODE_CODES, correlate_yx
+    from zchunk.ops._separable import gaussian_weights
+
+    plane = blobs((1, *shape), np.float32, seed=3)[0]
+    w = np.asarray(gaussian_weights(2.0, 0, 4.0), dtype=np.float32)
+    out = np.empty_like(plane)
+    reflect = MODE_CODES["reflect"]
+    cases: dict[str, Callable[[], object]] = {
+        "zchunk numba correlate_yx": lambda: correlate_yx(plane, w, 8, w, 8, reflect, 0.0, out),
+        "scipy gaussian_filter (float32)": lambda: ndimage.gaussian_filter(plane, 2, output=out),
+    }
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+        cases["OpenCV sepFilter2D"] = lambda: cv2.sepFilter2D(
+            plane, cv2.CV_32F, w, w, dst=out, borderType=cv2.BORDER_REFLECT
+        )
+    except ImportError:
+        cases["OpenCV sepFilter2D"] = None  # type: ignore[assignment]
+    times: dict[str, list[float]] = {k: [] for k, f in cases.items() if f is not None}
+    for _ in range(3):  # rounds, interleaved
+        for name, spent in times.items():
+            spent.append(_median_seconds(cases[name], repeat))
+    lines = [f"Separable pass, {shape[0]} x {shape[1]} float32, 17 x 17 taps, one thread:", ""]
+    lines += ["| implementation | Mpixel/s (median of 3 rounds) |", "|---|---:|"]
+    for name, t in times.items():
+        lines.append(f"| {name} | {plane.size / statistics.median(t) / 1e6:.0f} |")
+    if cases["OpenCV sepFilter2D"] is None:
+        lines.append("| OpenCV sepFilter2D | not installed (pip install opencv-python-headless) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
