@@ -79,7 +79,8 @@ def test_imagej_opens_every_tiff_output(tmp_path):
     for i, path in enumerate(files):
         lines.append(
             f'open("{path}"); getDimensions(w, h, c, z, t); '
-            f'print("OK {i} " + bitDepth() + " " + c + " " + z + " " + t); close();'
+            f'print("OK {i} " + bitDepth() + " " + c + " " + z + " " + t + " " + is("composite")); '
+            "close();"
         )
     macro = tmp_path / "open_all.ijm"
     macro.write_text("\n".join(lines) + '\nprint("MACRO-DONE");\n')
@@ -99,7 +100,9 @@ def test_imagej_opens_every_tiff_output(tmp_path):
     assert not missing, f"ImageJ did not open {missing[:1]}: {run.stdout[-500:]}"
     for i, path in enumerate(files):
         s = zchunk.open(path)
-        bits, c, z, t = (int(v) for v in opened[i])
+        bits, c, z, t = (int(v) for v in opened[i][:4])
+        composite = opened[i][4] == "1"
         assert bits == {1: 8, 2: 16, 4: 32}[s.dtype.itemsize]
         if not path.name.endswith(".ome.tif"):  # ImageJ reads its own hyperstack dimensions
             assert (c, z, t) == (s.sizes.get("c", 1), s.sizes.get("z", 1), s.sizes.get("t", 1))
+            assert composite == (c > 1)  # channels open as a composite, not grey planes

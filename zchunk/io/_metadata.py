@@ -72,10 +72,16 @@ def _imagej(tif: Any, series: Any) -> dict[str, Any]:
     labels = ij.get("Labels")
     channels = int(ij.get("channels", 1) or 1)
     names = tuple(labels[:channels]) if isinstance(labels, list) and channels > 1 else ()
+    luts = ij.get("LUTs")
+    colors: tuple[str, ...] = ()
+    if isinstance(luts, list) and len(luts) == channels > 1:
+        # a channel's colour: the brightest entry of its lookup table (ImageJ's composite LUTs)
+        colors = tuple("".join(f"{int(v):02X}" for v in lut[:, -1]) for lut in luts)
     return {
         "scale": scale,
         "units": units,
         "channel_names": names,
+        "channel_colors": colors,
         "declared_planes": int(ij["images"]) if "images" in ij else None,
         "imagej": {k: v for k, v in ij.items() if isinstance(v, (int, float, str, bool))},
     }
@@ -107,6 +113,11 @@ def _ome(tif: Any) -> dict[str, Any]:
     channels = pixels.get("Channel", [])
     channels = channels if isinstance(channels, list) else [channels]
     names = tuple(str(c.get("Name", "")) for c in channels if isinstance(c, dict))
+    colors = tuple(
+        f"{(int(c['Color']) & 0xFFFFFFFF) >> 8:06X}"  # OME: signed 32-bit RGBA
+        for c in channels
+        if isinstance(c, dict) and "Color" in c
+    )
     declared = 1
     for letter in "ZCT":
         declared *= int(pixels.get(f"Size{letter}", 1) or 1)
@@ -114,6 +125,7 @@ def _ome(tif: Any) -> dict[str, Any]:
         "scale": scale,
         "units": units,
         "channel_names": names if any(names) else (),
+        "channel_colors": colors if len(colors) == len(channels) > 1 else (),
         "declared_planes": declared,
     }
 

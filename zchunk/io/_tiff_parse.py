@@ -285,6 +285,7 @@ class TiffInfo:
     scale: dict[str, float]
     units: dict[str, str]
     channel_names: tuple[str, ...] = ()
+    channel_colors: tuple[str, ...] = ()  # "RRGGBB" per channel, where the file says
     metadata: dict[str, Any] = field(default_factory=dict)
     file_axes: str | None = None  # a sequence: the axes of each file's own pages
 
@@ -392,6 +393,7 @@ def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
         scale=meta.pop("scale"),
         units=meta.pop("units"),
         channel_names=tuple(meta.pop("channel_names", ())),
+        channel_colors=tuple(meta.pop("channel_colors", ())),
         metadata=meta,
     )
 
@@ -478,6 +480,7 @@ def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
         scale=first.scale,
         units=first.units,
         channel_names=first.channel_names,
+        channel_colors=first.channel_colors,
         metadata=first.metadata,
         file_axes=first.axes,
     )

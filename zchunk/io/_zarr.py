@@ -38,6 +38,7 @@ class ZarrInfo:
     scale: dict[str, float]
     units: dict[str, str]
     channel_names: tuple[str, ...] = ()
+    channel_colors: tuple[str, ...] = ()
     layout: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +101,7 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
                 units[letter] = unit
     omero = dict(group.attrs).get("omero") or dict(group.attrs).get("ome", {}).get("omero") or {}
     names_c = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
+    colors_c = tuple(str(c.get("color", "")) for c in omero.get("channels", []))
     if not any(names_c):  # zchunk writes no omero metadata, but keeps the names beside NGFF's
         ours = dict(group.attrs).get("zchunk") or {}
         names_c = tuple(str(c) for c in ours.get("channel_names") or ())
@@ -109,6 +111,7 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
         scale=scale,
         units=units,
         channel_names=names_c if any(names_c) else (),
+        channel_colors=colors_c if all(colors_c) and len(colors_c) > 1 else (),
         layout={"format": "ome-zarr", "ngff_version": version, "level0": level0["path"]},
     )
 

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from zchunk.errors import OptionError
+from zchunk.sinks._channels import omero
 from zchunk.sinks._pyramid import level_scales, level_shapes, write_levels
 from zchunk.sinks._write import write
 from zchunk.sinks._zarr import (
@@ -147,12 +148,34 @@ class OmeZarrWriter:
         return open_aligned_array(os.fspath(partial), data, name="0")
 
     def finish(self, partial: Path, data: da.Array, /) -> None:
-        """Write the downsampled levels from level 0."""
+        """Write the downsampled levels from level 0, and the channels' omero metadata."""
+        if "c" in self.stack.axes:
+            self._write_omero(partial)
         shapes = level_shapes(data.shape, self.pyramid)
         if len(shapes) > 1:
             block = tuple(int(c[0]) for c in data.chunks)
             zarr_format = NGFF_VERSIONS[self.ngff_version]
             write_levels(partial, shapes, block, axes=self.stack.axes, zarr_format=zarr_format)
+
+    def _write_omero(self, partial: Path) -> None:
+        """Name and colour the channels, with a display window from level 0's range.
+
+        The window is each channel's smallest to largest value, read back from level 0 as
+        written (one more pass over the output).
+        """
+        import dask.array as da
+
+        group = zarr.open_group(os.fspath(partial), mode="a")
+        level0 = da.from_zarr(group["0"])
+        c = self.stack.axes.index("c")
+        others = tuple(i for i in range(level0.ndim) if i != c)
+        lows, highs = da.compute(da.nanmin(level0, axis=others), da.nanmax(level0, axis=others))
+        block = omero(self.stack, [float(v) for v in lows], [float(v) for v in highs])
+        if self.ngff_version == "0.4":
+            group.attrs["omero"] = block
+        else:
+            ome: dict[str, Any] = dict(group.attrs["ome"])  # type: ignore[arg-type]
+            group.attrs["ome"] = {**ome, "omero": block}
 
 
 def to_ome_zarr(
@@ -178,8 +201,9 @@ def to_ome_zarr(
     only here (TIFF and plain zarr outputs leave it out or null). The exact calibration,
     unknowns included, and the channel names are also kept in the group attribute
     ``"zchunk"`` (as :func:`to_zarr` writes them). Units that are not UDUNITS names NGFF knows
-    are left out. No ``omero`` rendering metadata is written: it requires display windows
-    and colours, which would need an extra pass over the data or made-up values.
+    are left out. A stack with a c axis gets an ``omero`` block: each channel's name, colour
+    (as read, else ImageJ's composite defaults) and display window (the channel's range in
+    level 0, read back once it is written).
 
     As :func:`to_zarr`, the image is written as ``.<name>.zchunk-partial`` with a record of
     its settings and finished blocks, renamed onto `path` when complete, and continued by

@@ -24,6 +24,7 @@ import tifffile
 
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.sinks._channels import channel_colors, channel_names, imagej_luts, ome_color
 from zchunk.sinks._resume import (
     finished_output,
     resumable_output,
@@ -205,12 +206,17 @@ def _imagej_metadata(stack: Stack) -> tuple[dict[str, Any], tuple[float, float] 
             metadata[f"{a}unit"] = _imagej_unit(unit)
     if "t" in cal and cal["t"][1] in _SECONDS:
         metadata["finterval"] = cal["t"][0] * _SECONDS[str(cal["t"][1])]
-    names = stack.attrs.get("channel_names")
-    if "c" in stack.axes and names is not None and len(names) == stack.sizes["c"]:
+    names = channel_names(stack)
+    if names is not None:
         # ImageJ keeps one label per plane (channels vary fastest): the channel's name
         c = stack.axes.index("c")
         planes = stack.shape[: stack.axes.index("y")]
-        metadata["Labels"] = [str(names[i[c]]) for i in np.ndindex(*planes)]
+        metadata["Labels"] = [names[i[c]] for i in np.ndindex(*planes)]
+    if stack.sizes.get("c", 1) > 1:  # opens as a composite, one LUT per channel
+        metadata["mode"] = "composite"
+        colors = channel_colors(stack)
+        if colors is not None:
+            metadata["LUTs"] = imagej_luts(colors)
     return metadata, resolution
 
 
@@ -233,9 +239,15 @@ def _ome_metadata(stack: Stack) -> dict[str, Any]:
     if "t" in cal and cal["t"][1] in _OME_TIME_UNITS:
         metadata["TimeIncrement"] = cal["t"][0]
         metadata["TimeIncrementUnit"] = _OME_TIME_UNITS[str(cal["t"][1])]
-    names = stack.attrs.get("channel_names")
-    if "c" in stack.axes and names is not None and len(names) == stack.sizes["c"]:
-        metadata["Channel"] = {"Name": [str(n) for n in names]}
+    names = channel_names(stack)
+    colors = channel_colors(stack)
+    channel: dict[str, Any] = {}
+    if names is not None:
+        channel["Name"] = names
+    if colors is not None:
+        channel["Color"] = [ome_color(c) for c in colors]
+    if channel:
+        metadata["Channel"] = channel
     return metadata
 
 
