@@ -196,6 +196,31 @@ def _cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from zchunk.pipeline import run_convert
+
+    summary = run_convert(
+        args.source,
+        args.output,
+        compression=args.compression,
+        axes=args.axes,
+        memory_limit=args.memory_limit,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        overwrite=args.overwrite,
+        progress=False if args.quiet else args.progress,
+        resume=args.resume,
+        allow_incomplete=args.allow_incomplete,
+        pyramid=args.pyramid,
+        scale=_scale(args),
+        ngff_version=args.ngff_version,
+        pattern=args.pattern,
+    )
+    _print_summary(args, summary)
+    return 0
+
+
 def _filter_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.sigma is not None:
@@ -385,6 +410,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_write(p)
     _add_run(p)
     p.set_defaults(func=_cmd_filter)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert any input to any output (OME-Zarr, zarr, OME-TIFF, ImageJ TIFF)",
+        description=(
+            "Write SOURCE to OUTPUT in the format OUTPUT's suffix names (.tif, .ome.tif, "
+            ".zarr, .ome.zarr), block by block, pixels unchanged; axes, calibration and "
+            "channel names and colours are kept. Resumable; --pyramid N adds levels to an "
+            ".ome.zarr output."
+        ),
+    )
+    _add_source(p)
+    p.add_argument("output", help="output .tif, .ome.tif, .zarr or .ome.zarr")
+    p.add_argument("--compression", default=None, help="TIFF compression: zlib, zstd, lzw...")
+    _add_write(p)
+    _add_run(p)
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
         "compare",

@@ -42,6 +42,7 @@ __all__ = [
     "peak_rss_mb",
     "progress_enabled",
     "result_name",
+    "run_convert",
     "run_filter",
     "run_project",
     "worker_memory_limit",
@@ -428,4 +429,83 @@ def run_filter(
         scheduler=used,
         filter=dict(result.attrs.get("filter", {"name": name})),
         output_dtype=str(result.dtype),
+    )
+
+
+def run_convert(
+    source: Any,
+    out: str,
+    *,
+    compression: str | None = None,
+    axes: str | None = None,
+    memory_limit: int | str | None = None,
+    workers: int | None = None,
+    scheduler: str | Client | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    resume: bool = False,
+    allow_incomplete: bool = False,
+    pyramid: int = 0,
+    scale: dict[str, float] | None = None,
+    ngff_version: str | None = None,
+    pattern: str | None = None,
+) -> dict[str, Any]:
+    """Open `source` and write it to `out` (format from the suffix), pixels unchanged.
+
+    Axes, calibration and channel names and colours go with the pixels; the dtype is kept
+    (a 64-bit input gives a TIFF that ImageJ cannot open: convert to zarr instead). Resumable
+    (`resume`) as every output; `pyramid` adds levels to an OME-Zarr output.
+
+    Returns a JSON-ready summary: input, output, wall time, peak memory.
+    """
+    import zchunk
+    from zchunk.io import _tiff
+
+    t0 = time.perf_counter()
+    _tiff.READ_STATS.reset()
+    budget = Budget.parse(memory_limit, workers)
+    run: dict[str, Any] = {
+        "workers": workers,
+        "memory_limit": budget,
+        "scheduler_file": scheduler_file,
+    }
+    with compute_context(scheduler, **run) as client:
+        used = scheduler_label(scheduler, client)
+        stack, _ = _open_filtered(
+            source,
+            None,
+            axes=axes,
+            budget=_on(budget, client, workers),
+            whole="z",
+            allow_incomplete=allow_incomplete,
+            scale=scale,
+            pattern=pattern,
+        )
+        with (
+            compute_context(
+                scheduler,
+                **run,
+                progress=progress_enabled(progress),
+                description=f"convert {stack.name}",
+                nbytes=int(stack.data.nbytes),
+            ),
+            _no_empty_new_folders([out]),
+        ):
+            extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
+            if ngff_version is not None:
+                extra["ngff_version"] = ngff_version
+            written = zchunk.save(
+                stack, out, overwrite=overwrite, compression=compression, resume=resume, **extra
+            )
+    return _summary(
+        "convert",
+        source,
+        stack,
+        {"convert": written},
+        t0,
+        remote=client is not None,
+        workers=workers,
+        scheduler=used,
+        output_dtype=str(stack.dtype),
     )
