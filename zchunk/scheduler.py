@@ -7,7 +7,6 @@ here, inside ``with compute_context(...)`` blocks: dask's threads (default), a l
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -27,6 +26,7 @@ from zchunk.chunking import Budget
 from zchunk.errors import OptionError
 
 if TYPE_CHECKING:
+    import asyncio
     import concurrent.futures
     from collections.abc import Iterator
 
@@ -212,6 +212,8 @@ class _ClientScheduler:
         packed = self.client.get(dsk, keys, sync=False, **kwargs)
         futures = futures_of(packed)
         watcher = _scheduler_watcher()(futures, _address(self.client), self.bar)
+        import asyncio  # distributed's own loop: only under a distributed client
+
         loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
         listening = asyncio.run_coroutine_threadsafe(watcher.listen(), loop)
         try:
