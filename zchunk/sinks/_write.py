@@ -126,7 +126,11 @@ class Writer(Protocol):
         ...
 
     def create(self, partial: Path, data: da.Array, /) -> Any:
-        """Create the empty output at `partial`; return what blocks are stored into."""
+        """Create the empty output at `partial`; return what blocks are stored into.
+
+        The target is a zarr array, or an object with ``target[region] = block`` and
+        ``stored_digest(region)`` (the bytes and crc32 it stores there, checked on resume).
+        """
         ...
 
     def reopen(self, partial: Path, data: da.Array, /) -> Any:
