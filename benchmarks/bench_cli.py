@@ -130,7 +130,8 @@ def main() -> int:
     for name in ("project max", "project median"):
         cases[name].append("--overwrite")
     outputs: dict[str, Path] = {}
-    imagej = None if args.no_imagej else shutil.which("imagej")
+    # --smoke checks the script in CI: no JVM and no X server there
+    imagej = None if (args.no_imagej or args.smoke) else shutil.which("imagej")
     xvfb = shutil.which("xvfb-run")
     if imagej and xvfb:
         for method, label in (("Max Intensity", "max"), ("Median", "median")):
@@ -156,7 +157,9 @@ def main() -> int:
         )
         rows.append(record)
     shutil.rmtree(out, ignore_errors=True)
-    if not (imagej and xvfb):
+    if args.no_imagej or args.smoke:
+        print("\nImageJ: not run (--no-imagej or --smoke).")
+    elif not (imagej and xvfb):
         print("\nImageJ: not run (`imagej` or `xvfb-run` is not on PATH).")
     print()
     print(

@@ -71,6 +71,13 @@ def _digest(arrays: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _widened(a: Any) -> Any:
+    """float32 results as float64 (exact), to compare with numpy's float64 values."""
+    import numpy as np
+
+    return a.astype(np.float64) if a.dtype == np.float32 else a
+
+
 def _threads() -> int:
     import dask
 
@@ -95,7 +102,9 @@ def case_zchunk(p: dict[str, Any]) -> dict[str, Any]:
         wall, summary = h.timed(
             lambda: run_project(p["path"], p["methods"], folder, overwrite=True, progress=False)
         )
-        results = {m: tifffile.imread(path) for m, path in summary["outputs"].items()}
+        # TIFF outputs hold float32 (ImageJ reads no float64), exact for the median of
+        # 16-bit data; widening to float64 is exact too, so numpy's values must match
+        results = {m: _widened(tifffile.imread(path)) for m, path in summary["outputs"].items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     s = zchunk.open(p["path"])  # the plan run_project used (same default budget)
