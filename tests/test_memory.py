@@ -82,4 +82,4 @@ def test_filter_to_zarr_memory_is_bounded(big_stack, baseline_mb, tmp_path):
 def test_the_check_can_fail(big_stack, baseline_mb):
     """Loading the whole stack does break the bound: the test above measures something."""
     peak = _peak_rss_mb(f"import tifffile; a = tifffile.imread({big_stack!r}); print(a.max())")
-    assert peak > baseline_mb + BUDGET_MB + SLACK_MB - 200  # 256 MiB of data on top of imports
+    assert peak > baseline_mb + BUDGET_MB + SLACK_MB  # 256 MiB of data: over the bound

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import math
 import os
@@ -486,16 +484,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(kill_source, tmp_
     _check_bit_identical(out, ref)
 
 
-def _cli_has_resume() -> bool:
-    """Whether ``zchunk filter --help`` offers --resume (the flag is wired in the CLI)."""
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
-        main(["filter", "--help"])
-    return "--resume" in text.getvalue()
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not _cli_has_resume(), reason="zchunk filter has no --resume yet")
 def test_sigkill_then_cli_resume_is_bit_identical(kill_source, tmp_path):
     rng = random.Random(7)
     ref = tmp_path / "ref" / "out.zarr"
@@ -648,3 +637,62 @@ def test_input_changed_with_size_and_mtime_kept_is_caught_when_read(tmp_path, re
     with pytest.raises(InputChangedError, match=rf"src\.tif changed on disk.*{what}"):
         zchunk.save(stack, tmp_path / "max.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.tif"]
+
+
+# --- every setting that shapes the output is compared on resume --------------------------------
+
+
+def _planes(folder: Path, n: int = 4) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"z{i}.tif")
+        tifffile.imwrite(paths[-1], blobs((40, 30), "uint16", seed=i), photometric="minisblack")
+    return paths
+
+
+def _opened(src, **kw):
+    return zchunk.open(src, memory_limit="8KB", **kw)
+
+
+def _setting_cases(tmp_path):
+    src, _ = _tiff_source(tmp_path)
+    zarr_out = lambda s, **kw: to_zarr(s, tmp_path / "o.zarr", **kw)
+    ome = lambda v, p: (
+        lambda s, **kw: to_ome_zarr(s, tmp_path / "o.ome.zarr", ngff_version=v, pyramid=p, **kw)
+    )
+    base = _opened(src)
+    yield "scale", zarr_out, base, base.replace(scale=(3.0, 1.0, 1.0)), "calibration"
+    yield "units", zarr_out, base, base.replace(units=("nanometer",) * 3), "calibration"
+    yield "ngff version", None, (base, ome("0.5", 0)), (base, ome("0.4", 0)), "writer settings"
+    yield "pyramid", None, (base, ome("0.5", 0)), (base, ome("0.5", 1)), "writer settings"
+    yield "axes", zarr_out, base, base.replace(axes="cyx"), "the axes differs"
+    yield "shape", zarr_out, base, base.replace(data=base.data[:, :40]), "the shape differs"
+    files = _planes(tmp_path / "planes")
+    yield "input order", zarr_out, _opened(files), _opened(files[::-1]), "another order"
+    folder = _opened(tmp_path / "planes")
+
+    def added():  # a plane appears in the input folder between the runs
+        plane = blobs((40, 30), "uint16", seed=9)
+        tifffile.imwrite(tmp_path / "planes" / "z4.tif", plane, photometric="minisblack")
+        return _opened(tmp_path / "planes")
+
+    yield "folder contents", zarr_out, folder, added, r"1 new input\(s\) \(first .*z4\.tif\)"
+
+
+CASES = ["scale", "units", "ngff version", "pyramid", "axes", "shape", "input order",
+         "folder contents"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resume_compares_every_setting(tmp_path, case):
+    _, writer, first, second, match = next(c for c in _setting_cases(tmp_path) if c[0] == case)
+    if writer is None:
+        (first, writer), (second, other) = first, second
+    else:
+        other = writer
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        writer(Interrupt(after=2).wrap(first))
+    second = second() if callable(second) else second
+    with pytest.raises(ResumeMismatchError, match=match):
+        other(second, resume=True)

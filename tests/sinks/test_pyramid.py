@@ -123,14 +123,40 @@ def test_save_pyramid_passes_through_and_rejects_other_formats(tmp_path):
         to_ome_zarr(stack, tmp_path / "b.ome.zarr", pyramid=-1)
 
 
-def test_pyramid_resume_recomputes_levels(tmp_path):
-    a = blobs((2, 16, 16), np.uint16, seed=2)
+def test_pyramid_resume_recomputes_levels(tmp_path, monkeypatch):
+    # interrupted while writing level 1 (level 0 complete), with a level-1 shard damaged
+    # meanwhile: resume recomputes every level-1 block from level 0, never keeps one
+    import dask
+
+    from zchunk.sinks import _pyramid
+
+    a = blobs((2, 32, 16), np.uint16, seed=2)
     stack = Stack(da.from_array(a, chunks=(2, 8, 16)))
-    out = to_ome_zarr(stack, tmp_path / "a.ome.zarr", pyramid=1)
-    ref = zarr.open_group(out, mode="r")["1"][:]
-    # resume without a partial output is a normal write
-    out2 = to_ome_zarr(stack, tmp_path / "b.ome.zarr", pyramid=1, resume=True)
-    np.testing.assert_array_equal(zarr.open_group(out2, mode="r")["1"][:], ref)
+    ref = zarr.open_group(to_ome_zarr(stack, tmp_path / "ref.ome.zarr", pyramid=1), mode="r")
+    out = tmp_path / "a.ome.zarr"
+    real, calls, fired = _pyramid.downsample_mean, [], []
+
+    def counted(block):
+        calls.append(1)
+        if len(calls) == 3 and not fired:  # the first may be dask's dtype probe
+            fired.append(1)
+            raise KeyboardInterrupt
+        return real(block)
+
+    monkeypatch.setattr(_pyramid, "downsample_mean", counted)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        to_ome_zarr(stack, out, pyramid=1)
+    partial = tmp_path / ".a.ome.zarr.zchunk-partial"
+    written = [p for p in (partial / "1").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert written  # one level-1 block was written before the interruption
+    for shard in written:
+        shard.write_bytes(b"\0" * shard.stat().st_size)
+    calls.clear()
+    with dask.config.set(scheduler="synchronous"):
+        done = zarr.open_group(to_ome_zarr(stack, out, pyramid=1, resume=True), mode="r")
+    assert len(calls) >= 2  # both level-1 blocks (8 of its 16 rows each), again
+    for level in "01":
+        np.testing.assert_array_equal(done[level][:], ref[level][:])
 
 
 def _interrupting(after):
