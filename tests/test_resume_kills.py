@@ -192,3 +192,27 @@ def test_kill_while_writing_compressed_pages_leaves_nothing_after_resume(src, tm
     assert main([*argv, "-o", str(out), "--resume"]) == 0
     assert files(tmp_path) == ["out.tif", "src.tif"]
     assert tifffile.imread(out).shape == (5, 96, 64)
+
+
+@pytest.mark.timeout(120)
+def test_kill_after_the_final_rename_then_resume_cleans_up(src, tmp_path):
+    # found by test_adversarial: a TIFF renamed onto its name, killed before its record was
+    # removed; --resume finds it finished and must leave nothing else behind
+    out = tmp_path / "out.tif"
+    argv = ["filter", str(src), "gaussian", "--sigma", "1", "--quiet", "-o", str(out)]
+    run_killed(
+        """
+        from zchunk.sinks import _resume
+        real = _resume.remove_path
+        def remove_path(path):
+            if str(path).endswith(".zchunk-record") and os.path.exists(sys.argv[-1]):
+                die()
+            real(path)
+        _resume.remove_path = remove_path
+        """,
+        argv,
+    )
+    assert files(tmp_path) == [".out.tif.zchunk-lock", ".out.tif.zchunk-partial.zchunk-record",
+                               "out.tif", "src.tif"]  # fmt: skip
+    assert main([*argv, "--resume"]) == 0
+    assert files(tmp_path) == ["out.tif", "src.tif"]

@@ -514,6 +514,9 @@ def clean_stale(final: Path) -> None:
             with contextlib.suppress(OSError):
                 remove_path(path)
     inside = partial_path(final)
+    record = record_path(inside, folder=False)
+    if os.path.lexists(record) and not os.path.lexists(inside):
+        remove_path(record)  # a file's commit killed after its rename, before this removal
     if inside.is_dir():
         for name in os.listdir(inside):
             if name.startswith(f"{RECORD_NAME}-new-") and mine not in name:
@@ -556,6 +559,8 @@ def finished_output(
                 why = f"the input {source['path']} changed after it was written"
                 break
     if why is None:
+        with output_lock(final):  # what a run killed while finishing left: nothing to keep
+            clean_stale(final)
         return final
     if overwrite:
         return None
