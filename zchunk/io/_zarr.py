@@ -1,5 +1,8 @@
 """zarr (v2 or v3) arrays and OME-Zarr images (level 0 of the first multiscales).
 
+NGFF 0.4/0.5 metadata is validated and parsed by ome-zarr-models (imported only when a zarr
+group is opened); metadata that does not validate is a :class:`CorruptDataError`.
+
 zarr reads a chunk that is not in the store as the fill value, without a word. So, when an array
 is opened, its folder is listed once and every chunk (every shard, for sharded arrays) the
 chunk grid needs must be there; zchunk's writers store every chunk, even all-zero ones. Read
@@ -42,34 +45,63 @@ class ZarrInfo:
     layout: dict[str, Any] = field(default_factory=dict)
 
 
-def _multiscales(attrs: dict[str, Any]) -> tuple[list[dict[str, Any]], str] | None:
-    if "ome" in attrs and "multiscales" in attrs["ome"]:
-        return attrs["ome"]["multiscales"], str(attrs["ome"].get("version", "0.5"))
-    if "multiscales" in attrs:
+def _ngff_attrs(attrs: dict[str, Any], path: str) -> tuple[Any, Any, str]:
+    """Validate a group's NGFF metadata with ome-zarr-models: (multiscales, omero, version).
+
+    0.5 keeps its metadata under ``attrs["ome"]``, 0.4 at the top level. ``omero`` is display
+    metadata: when it does not validate, it is left out (None) rather than refusing the image.
+    """
+    from ome_zarr_models.common.omero import Omero
+    from ome_zarr_models.v04.image import ImageAttrs as ImageAttrs04
+    from ome_zarr_models.v05.image import ImageAttrs as ImageAttrs05
+    from pydantic import BaseModel, ValidationError
+
+    model: type[BaseModel]
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:
+        raw, model, version = dict(ome), ImageAttrs05, str(ome.get("version", "0.5"))
+    elif "multiscales" in attrs:
+        raw, model = dict(attrs), ImageAttrs04
         ms = attrs["multiscales"]
-        return ms, str(ms[0].get("version", "0.4")) if ms else "0.4"
-    return None
+        first = ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else {}
+        version = str(first.get("version", "0.4"))
+    else:
+        msg = f"{path} is a zarr group without OME-Zarr multiscales: open one of its arrays instead"
+        raise StackFormatError(msg)
+    raw_omero = raw.pop("omero", None)
+    try:
+        parsed: Any = model.model_validate(raw)
+    except ValidationError as exc:
+        first_error = exc.errors()[0]
+        where = ".".join(str(p) for p in first_error["loc"])
+        msg = (
+            f"{path} is a damaged OME-Zarr: its NGFF {version} metadata does not validate "
+            f"({where}: {first_error['msg']})"
+        )
+        raise CorruptDataError(msg) from None
+    try:
+        omero = Omero.model_validate(raw_omero) if raw_omero is not None else None
+    except ValidationError:
+        omero = None
+    return parsed.multiscales, omero, version
 
 
-def _scale_of(transforms: list[dict[str, Any]] | None, ndim: int) -> list[float] | None:
+def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
     scale = None
-    for t in transforms or []:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
-            scale = [float(v) for v in t["scale"]]
+    for t in transforms or ():
+        if getattr(t, "type", None) == "scale" and len(getattr(t, "scale", ())) == ndim:
+            scale = [float(v) for v in t.scale]
     return scale
 
 
 def _ome_zarr(group: Any, path: str) -> ZarrInfo:
-    found = _multiscales(dict(group.attrs))
-    if found is None:
-        msg = f"{path} is a zarr group without OME-Zarr multiscales: open one of its arrays instead"
-        raise StackFormatError(msg)
-    multiscales, version = found
+    attrs = dict(group.attrs)
+    multiscales, omero, version = _ngff_attrs(attrs, path)
     ms = multiscales[0]
-    level0 = ms["datasets"][0]
-    where = level0.get("path") if isinstance(level0, dict) else None
-    parts = where.split("/") if isinstance(where, str) else []
-    if not parts or any(p in ("", ".", "..") for p in parts):
+    level0 = ms.datasets[0]
+    where = level0.path
+    parts = where.split("/")
+    if any(p in ("", ".", "..") for p in parts):
         msg = (
             f"{path} is a damaged OME-Zarr: its first dataset path {where!r} is not the name "
             "of an array inside the image"
@@ -80,30 +112,28 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
     except (KeyError, ValueError) as exc:
         msg = f"{path} is a damaged OME-Zarr: its first dataset {where!r} cannot be opened ({exc})"
         raise CorruptDataError(msg) from None
-    axes_meta = ms.get("axes", [])
-    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes_meta]
+    names = [str(a.name) for a in ms.axes]
     axes = "".join(n.lower() for n in names) if names else None
     if axes is not None and (len(axes) != array.ndim or set(axes) - set(AXIS_ORDER)):
         axes = None
-    scale_values = _scale_of(level0.get("coordinateTransformations"), array.ndim)
-    outer = _scale_of(ms.get("coordinateTransformations"), array.ndim)
+    scale_values = _scale_of(level0.coordinateTransformations, array.ndim)
+    outer = _scale_of(ms.coordinateTransformations, array.ndim)
     if scale_values is not None and outer is not None:
         scale_values = [a * b for a, b in zip(scale_values, outer, strict=True)]
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if axes is not None:
-        for i, letter in enumerate(axes):
-            meta = axes_meta[i] if isinstance(axes_meta[i], dict) else {}
-            unit = normalize_unit(meta.get("unit"))
+        for i, (letter, axis) in enumerate(zip(axes, ms.axes, strict=True)):
+            unit = normalize_unit(axis.unit if isinstance(axis.unit, str) else None)
             if scale_values is not None and letter != "c":
                 scale[letter] = scale_values[i]
             if unit is not None:
                 units[letter] = unit
-    omero = dict(group.attrs).get("omero") or dict(group.attrs).get("ome", {}).get("omero") or {}
-    names_c = tuple(str(c.get("label", "")) for c in omero.get("channels", []))
-    colors_c = tuple(str(c.get("color", "")) for c in omero.get("channels", []))
+    channels = omero.channels if omero is not None else []
+    names_c = tuple(str((c.model_extra or {}).get("label", "")) for c in channels)
+    colors_c = tuple(str(c.color) for c in channels)
     if not any(names_c):  # zchunk writes no omero metadata, but keeps the names beside NGFF's
-        ours = dict(group.attrs).get("zchunk") or {}
+        ours = attrs.get("zchunk") or {}
         names_c = tuple(str(c) for c in ours.get("channel_names") or ())
     return ZarrInfo(
         array=array,
@@ -112,7 +142,7 @@ def _ome_zarr(group: Any, path: str) -> ZarrInfo:
         units=units,
         channel_names=names_c if any(names_c) else (),
         channel_colors=colors_c if all(colors_c) and len(colors_c) > 1 else (),
-        layout={"format": "ome-zarr", "ngff_version": version, "level0": level0["path"]},
+        layout={"format": "ome-zarr", "ngff_version": version, "level0": where},
     )
 
 
