@@ -273,3 +273,27 @@ def test_rgb_is_refused(tmp_path):
     path = imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), dtype=np.uint8), photometric="rgb")
     with pytest.raises(StackFormatError, match="RGB"):
         zchunk.open(path)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "expected"),
+    [
+        ((1e4 / 0.5, 1e4 / 0.25), "CENTIMETER", (0.5, 0.25)),  # pixel size in micrometres
+        ((1e3 / 2.0, 1e3 / 2.0), "MILLIMETER", None),  # plain TIFF: only centimetres trusted
+        ((72.0, 72.0), "INCH", None),  # a screen DPI, not a pixel size
+        (None, None, None),  # no resolution tags: unknown, never 1.0
+    ],
+)
+def test_plain_tiff_pixel_size_only_from_centimetre_resolution(
+    tmp_path, resolution, unit, expected
+):
+    kw = {} if resolution is None else {"resolution": resolution, "resolutionunit": unit}
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, blobs((3, 8, 8), "uint8"), photometric="minisblack", **kw)
+    s = zchunk.open(path)
+    yx = (s.scale[s.axis("x")], s.scale[s.axis("y")])
+    if expected is None:
+        assert yx == (None, None)
+    else:
+        assert yx == pytest.approx(expected, rel=1e-6)
+        assert s.units[s.axis("x")] == s.units[s.axis("y")] == "micrometer"

@@ -38,16 +38,19 @@ def _float(value: Any) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
-def _resolution(page: Any) -> tuple[float | None, float | None]:
-    """Pixel size (x, y) in the page's resolution unit, from XResolution/YResolution."""
+def _resolution(page: Any, unit: Any = None) -> tuple[float | None, float | None]:
+    """Pixel size (x, y) from tifffile's ``get_resolution`` (pixels per `unit`), inverted.
+
+    A missing XResolution/YResolution tag (tifffile reads it as 1) or a zero rational is unknown
+    (None), never 1.0.
+    """
+    rx, ry = page.get_resolution(unit)
     out: list[float | None] = []
-    for tag in ("XResolution", "YResolution"):
-        value = page.tags.valueof(tag)
-        if value is None:
-            out.append(None)
-            continue
-        num, den = value if isinstance(value, tuple) else (value, 1)
-        out.append(_float(den / num) if num else None)
+    for code, per_unit in ((282, rx), (283, ry)):
+        tag = page.tags.get(code)
+        value = tag.value if tag is not None else None
+        known = isinstance(value, tuple) and len(value) == 2 and value[0] and value[1]
+        out.append(_float(1 / per_unit) if known and per_unit else None)
     return out[0], out[1]
 
 
@@ -135,11 +138,11 @@ def _plain(series: Any) -> dict[str, Any]:
     page = series.keyframe
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
-    if page.tags.valueof("ResolutionUnit") == 3:
-        sx, sy = _resolution(page)
+    if page.tags.valueof("ResolutionUnit") == tifffile.RESUNIT.CENTIMETER:
+        sx, sy = _resolution(page, tifffile.RESUNIT.MICROMETER)
         for letter, value in (("x", sx), ("y", sy)):
             if value is not None:
-                scale[letter], units[letter] = value * 1e4, "micrometer"
+                scale[letter], units[letter] = value, "micrometer"
     shaped = declared_planes(series)
     return {"scale": scale, "units": units, "declared_planes": shaped}
 
