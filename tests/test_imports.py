@@ -8,7 +8,19 @@ import tifffile
 
 from zchunk.testing import blobs
 
-HEAVY = ("dask", "numpy", "zarr", "tifffile", "scipy", "numba", "distributed", "psutil", "rich")
+HEAVY = (
+    "dask",
+    "numpy",
+    "zarr",
+    "tifffile",
+    "scipy",
+    "numba",
+    "distributed",
+    "psutil",
+    "rich",
+    "ome_zarr_models",
+    "pydantic",
+)
 
 RUN = """
 import sys
@@ -68,3 +80,41 @@ def test_info_of_the_cli_is_zchunk_info_without_dask_array(tiff):
     import zchunk
 
     assert json.loads("\n".join(lines)) == json.loads(json.dumps(zchunk.info(zchunk.open(tiff))))
+
+
+def _zchunk_imports(path):
+    """The zchunk modules a source file imports, at module level or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zchunk"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("zchunk"))
+    return found
+
+
+def test_io_modules_import_each_other_one_way():
+    from pathlib import Path
+
+    import zchunk.io
+
+    folder = Path(zchunk.io.__file__).parent
+    graph = {
+        f"zchunk.io.{p.stem}": _zchunk_imports(p) for p in folder.glob("_*.py")
+    }  # the package __init__ (the public entry) may import any of them
+    seen, stack = set(), []
+
+    def visit(module):
+        assert module not in stack, " -> ".join([*stack, module])
+        if module in seen or module not in graph:
+            return
+        stack.append(module)
+        for dep in graph[module]:
+            visit(dep)
+        stack.pop()
+        seen.add(module)
+
+    for module in graph:
+        visit(module)

@@ -34,6 +34,7 @@ import numpy as np
 import tifffile
 
 from zchunk.errors import CorruptDataError, InputChangedError
+from zchunk.io._tiff_open import open_tiff, strict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -256,8 +257,6 @@ def _runs(offsets: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int]]:
 @lru_cache(maxsize=32)
 def _decoder(file: FileId) -> Callable[..., Any]:
     """Tifffile's segment decoder for the pages of `file` (parsed once per process)."""
-    from zchunk.io._tiff_parse import open_tiff, strict
-
     with strict(file.path), open_tiff(file.path) as tif:
         decode: Callable[..., Any] = tif.pages.first.decode
         return decode

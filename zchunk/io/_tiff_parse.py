@@ -8,12 +8,10 @@ the contiguous pages of big ImageJ files), and damage that tifffile only logs tu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,64 +20,12 @@ import tifffile
 
 from zchunk.errors import CorruptDataError, SourceNotFoundError, StackFormatError, ZChunkError
 from zchunk.io._tiff import FileId, TiffLayout
+from zchunk.io._tiff_open import _TiffLogCapture, open_tiff, strict
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
-__all__ = ["TiffInfo", "open_tiff", "parse_tiff", "parse_tiff_files", "strict"]
-
-
-class _TiffLogCapture(logging.Handler):
-    """Collect tifffile's log records: it reports damaged files there, not by raising.
-
-    Only records of the thread that installed it are kept, so that a file parsed in one
-    thread is not blamed for a message about another file.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-        self.thread = threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.records.append(record)
-
-    @property
-    def messages(self) -> list[str]:
-        """The messages collected so far."""
-        return [r.getMessage() for r in self.records]
-
-    def damage(self) -> str | None:
-        """Return the first message that signals a damaged file, or None."""
-        return next((r.getMessage() for r in self.records if _is_damage(r)), None)
-
-
-@contextlib.contextmanager
-def strict(path: str) -> Iterator[_TiffLogCapture]:
-    """Raise CorruptDataError after the block if tifffile logged damage of `path` in it."""
-    capture = _TiffLogCapture()
-    logger = logging.getLogger("tifffile")
-    logger.addHandler(capture)
-    try:
-        yield capture
-    finally:
-        logger.removeHandler(capture)
-    damage = capture.damage()
-    if damage is not None:
-        msg = f"{path} is damaged: {damage}"
-        raise CorruptDataError(msg)
-
-
-def open_tiff(path: str) -> tifffile.TiffFile:
-    try:
-        return tifffile.TiffFile(path)
-    except tifffile.TiffFileError as exc:
-        msg = f"{path} is not a readable TIFF file ({exc})"
-        raise StackFormatError(msg) from exc
-    except Exception as exc:  # a damaged header can make tifffile raise anything
-        msg = f"{path} is not a readable TIFF file ({type(exc).__name__}: {exc})"
-        raise CorruptDataError(msg) from exc
+__all__ = ["TiffInfo", "parse_tiff", "parse_tiff_files"]
 
 
 def _page_signature(page: Any) -> tuple[Any, ...]:
@@ -396,36 +342,6 @@ def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
         channel_colors=tuple(meta.pop("channel_colors", ())),
         metadata=meta,
     )
-
-
-#: tifffile warnings about metadata zchunk does not use, or that do not change the pixels.
-_BENIGN = (
-    "coercing invalid ascii",
-    "<get_resolution>",
-    "gdal_nodata",
-    "geokey",
-    "geotiff",
-    "stk datetime",
-    "fluoview",
-    "nuvu",
-    "andor",
-    "epics",
-    "ndpi_tags",
-    "eer_xml",
-    "invalid self.subfiletype",
-    "not writing extratag",
-)
-
-
-def _is_damage(record: logging.LogRecord) -> bool:
-    """Whether a tifffile log record signals a damaged file.
-
-    Every error does; a warning does unless it is about metadata zchunk does not read.
-    """
-    if record.levelno >= logging.ERROR:
-        return True
-    message = record.getMessage().lower()
-    return not any(b in message for b in _BENIGN)
 
 
 def parse_tiff_files(paths: Sequence[str]) -> TiffInfo:
