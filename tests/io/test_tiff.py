@@ -186,6 +186,21 @@ def test_compressed_pass_decodes_each_segment_once(tmp_path):
     assert _tiff.READ_STATS.bytes_read == os.path.getsize(path) - _header_bytes(path)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_read_stats_are_added_once_per_task_not_per_segment(tmp_path, monkeypatch, compression):
+    data = blobs((8, 100, 64), "uint16")
+    path = imwrite(tmp_path / "s.tif", data, compression=compression, rowsperstrip=8)
+    s = zchunk.open(path, memory_limit="40KB")
+    calls = []
+    real_add = _tiff.READ_STATS.add
+    monkeypatch.setattr(_tiff.READ_STATS, "add", lambda **kw: calls.append(kw) or real_add(**kw))
+    _tiff.READ_STATS.reset()
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(s.data.compute(), data)
+    assert len(calls) == s.data.npartitions  # one lock-guarded add per block, none per strip
+    assert _tiff.READ_STATS.bytes_read == sum(c["read"] for c in calls) > 0
+
+
 def _header_bytes(path):
     with tifffile.TiffFile(path) as tif:
         stored = sum(sum(p.databytecounts) for p in tif.pages)

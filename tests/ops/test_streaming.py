@@ -214,7 +214,7 @@ def test_prefetch_probes_until_the_first_uncached_range(tmp_path, monkeypatch):
         )[1],
     )
     with _tiff._opened(spec) as fds:
-        planes = _tiff._Planes(spec, fds)
+        planes = _tiff._Planes(spec, fds, _tiff._Tally())
         assert planes.prefetch(range(6), probe=True) is False
     assert len(probes) == 3  # two hits, then the miss; no probe after it
     assert len(asked) == 4  # the missed range and every one after it
@@ -222,7 +222,7 @@ def test_prefetch_probes_until_the_first_uncached_range(tmp_path, monkeypatch):
     probes.clear()
     monkeypatch.setattr(_tiff, "_is_cached", lambda fd, off: True)
     with _tiff._opened(spec) as fds:
-        assert _tiff._Planes(spec, fds).prefetch(range(6), probe=True) is True
+        assert _tiff._Planes(spec, fds, _tiff._Tally()).prefetch(range(6), probe=True) is True
     assert asked == []  # all cached: nothing asked
 
 

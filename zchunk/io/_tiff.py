@@ -76,6 +76,27 @@ class ReadStats:
 READ_STATS = ReadStats()
 
 
+@dataclass(slots=True)
+class _Tally:
+    """One task's read counts: added to :data:`READ_STATS` once, when the task ends.
+
+    A task reads hundreds of segments; taking READ_STATS's lock for each would put a shared
+    lock in the per-segment loop of every reading thread.
+    """
+
+    read: int = 0
+    decoded: int = 0
+    segments: int = 0
+
+    @contextlib.contextmanager
+    def flushed(self) -> Iterator[_Tally]:
+        """Yield this tally; add it to READ_STATS on exit (also after an error)."""
+        try:
+            yield self
+        finally:
+            READ_STATS.add(read=self.read, decoded=self.decoded, segments=self.segments)
+
+
 @dataclass(frozen=True, slots=True)
 class FileId:
     """A file as it was when its header was parsed: size, mtime, inode and ctime.
@@ -242,7 +263,6 @@ def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
             )
             raise CorruptDataError(msg)
         done += n
-    READ_STATS.add(read=len(buf))
 
 
 def _runs(offsets: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -297,8 +317,9 @@ class _Planes:
     a plane of a band can be a single 30 KB read, so Python's cost per plane counts.
     """
 
-    def __init__(self, spec: BlockSpec, fds: dict[int, int]) -> None:
+    def __init__(self, spec: BlockSpec, fds: dict[int, int], tally: _Tally) -> None:
         self.spec = spec
+        self.tally = tally
         files = spec.plane_file.tolist()
         self.fds = [fds[i] for i in files]
         self.paths = [spec.files[i].path for i in files]
@@ -307,9 +328,11 @@ class _Planes:
     def read(self, p: int, out: np.ndarray) -> None:
         """Read plane `p` of the block into `out` (rows, columns), in the file's byte order."""
         if self.parts is None:
-            _read_segments(self.spec, self.fds[p], self.paths[p], p, out)
+            _read_segments(self.spec, self.fds[p], self.paths[p], p, out, self.tally)
         else:
-            _read_raw_rows(self.spec, self.fds[p], self.paths[p], self.parts[p], out)
+            self.tally.read += _read_raw_rows(
+                self.spec, self.fds[p], self.paths[p], self.parts[p], out
+            )
 
     def prefetch(self, planes: range, *, probe: bool = False) -> bool:
         """Ask the kernel to start reading every byte range of `planes` at once.
@@ -354,8 +377,8 @@ def read_block(spec: BlockSpec) -> np.ndarray:
     c0, c1 = spec.cols
     nplanes = len(spec.plane_file)
     out = np.empty((nplanes, r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
-    with _opened(spec) as fds:
-        planes = _Planes(spec, fds)
+    with _Tally().flushed() as tally, _opened(spec) as fds:
+        planes = _Planes(spec, fds, tally)
         planes.prefetch(range(nplanes))
         planes.read_all(out)
     return out.reshape(spec.shape)
@@ -372,12 +395,12 @@ def stream_bands(spec: BlockSpec, bands: Sequence[BlockSpec]) -> Iterator[np.nda
     nplanes = len(spec.plane_file)
     rows = max(b.rows[1] - b.rows[0] for b in bands)
     buf = np.empty(nplanes * rows * (c1 - c0), dtype=spec.dtype.newbyteorder("="))
-    with _opened(spec) as fds:
-        _Planes(spec, fds).prefetch(range(nplanes))
+    with _Tally().flushed() as tally, _opened(spec) as fds:
+        _Planes(spec, fds, tally).prefetch(range(nplanes))
         for band in bands:
             n = band.rows[1] - band.rows[0]
             out = buf[: nplanes * n * (c1 - c0)].reshape(nplanes, n, c1 - c0)
-            _Planes(band, fds).read_all(out)
+            _Planes(band, fds, tally).read_all(out)
             yield out
 
 
@@ -400,8 +423,8 @@ def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
     nplanes = len(spec.plane_file)
     buf = np.empty((r1 - r0, c1 - c0), dtype=spec.dtype.newbyteorder("="))
     ahead = max(1, STREAM_AHEAD_BYTES // max(buf.nbytes, 1))
-    with _opened(spec) as fds:
-        planes = _Planes(spec, fds)
+    with _Tally().flushed() as tally, _opened(spec) as fds:
+        planes = _Planes(spec, fds, tally)
         warm = planes.prefetch(range(min(ahead, nplanes)), probe=True)
         for p in range(nplanes):
             if p + ahead < nplanes:
@@ -447,8 +470,8 @@ def _is_cached(fd: int, offset: int) -> bool:
 
 def _read_raw_rows(
     spec: BlockSpec, fd: int, path: str, parts: list[tuple[int, int, int]], out: np.ndarray
-) -> None:
-    """Read rows r0:r1 of one uncompressed, striped plane (its `parts`); only those bytes."""
+) -> int:
+    """Read rows r0:r1 of one uncompressed, striped plane (its `parts`); return the bytes read."""
     r0, r1 = spec.rows
     c0, c1 = spec.cols
     row_bytes = spec.width * spec.dtype.itemsize
@@ -459,9 +482,12 @@ def _read_raw_rows(
         _pread_into(fd, flat[row * row_bytes : (row + count) * row_bytes], offset, path)
     if not full_width:
         out[...] = target[:, c0:c1]
+    return sum(count for _, _, count in parts) * row_bytes
 
 
-def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray) -> None:
+def _read_segments(
+    spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray, tally: _Tally
+) -> None:
     """Read and decode the segments of one plane that intersect the block."""
     r0, r1 = spec.rows
     c0, c1 = spec.cols
@@ -476,6 +502,7 @@ def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
         raw = bytearray(size)
         if size:
             _pread_into(fd, memoryview(raw), int(offsets[first]), path)
+            tally.read += size
         for k in range(first, stop):
             seg = int(spec.segments[k])
             y, x = (seg // per_row) * sh, (seg % per_row) * sw
@@ -492,7 +519,8 @@ def _read_segments(spec: BlockSpec, fd: int, path: str, p: int, out: np.ndarray)
                 out[ya - r0 : yb - r0, xa - c0 : xb - c0] = 0
                 continue
             seg2d = array.reshape(array.shape[-3], array.shape[-2])
-            READ_STATS.add(decoded=seg2d.nbytes, segments=1)
+            tally.decoded += seg2d.nbytes
+            tally.segments += 1
             out[ya - r0 : yb - r0, xa - c0 : xb - c0] = seg2d[ya - y : yb - y, xa - x : xb - x]
 
 
