@@ -52,6 +52,18 @@ def _pick(a: Any, b: Any, is_max: bool) -> Any:
 
 
 @_jit
+def _load_row(src: NDArray[Any], j: int, cval: Any, row: NDArray[Any]) -> None:
+    """Copy row `j` of `src` into `row`; `cval` everywhere when j < 0 (mode "constant")."""
+    if j < 0:
+        for x in range(row.size):
+            row[x] = cval
+    else:
+        s = src[j]
+        for x in range(row.size):
+            row[x] = s[x]
+
+
+@_jit
 def _minmax_y(
     src: NDArray[Any],
     size: int,
@@ -69,14 +81,7 @@ def _minmax_y(
     row = np.empty(width, dtype=src.dtype)
     # g: running minimum from each block start, forwards
     for p in range(n):
-        j = _source(p - left, height, mode)
-        if j < 0:
-            for x in range(width):
-                row[x] = cval
-        else:
-            s = src[j]
-            for x in range(width):
-                row[x] = s[x]
+        _load_row(src, _source(p - left, height, mode), cval, row)
         gp = g[p]
         if p % size == 0:
             for x in range(width):
@@ -87,14 +92,7 @@ def _minmax_y(
                 gp[x] = _pick(prev[x], row[x], is_max)
     # h: running minimum to each block end, backwards
     for p in range(n - 1, -1, -1):
-        j = _source(p - left, height, mode)
-        if j < 0:
-            for x in range(width):
-                row[x] = cval
-        else:
-            s = src[j]
-            for x in range(width):
-                row[x] = s[x]
+        _load_row(src, _source(p - left, height, mode), cval, row)
         hp = h[p]
         if p % size == size - 1 or p == n - 1:
             for x in range(width):
