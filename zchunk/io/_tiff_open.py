@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import tifffile
 
 from zchunk.errors import CorruptDataError, StackFormatError
+from zchunk.io._tiff_damage import describe, plain
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,7 +61,7 @@ def strict(path: str) -> Iterator[_TiffLogCapture]:
         logger.removeHandler(capture)
     damage = capture.damage()
     if damage is not None:
-        msg = f"{path} is damaged: {damage}"
+        msg = f"{path} is damaged: {plain(damage)}"
         raise CorruptDataError(msg)
 
 
@@ -68,10 +69,10 @@ def open_tiff(path: str) -> tifffile.TiffFile:
     try:
         return tifffile.TiffFile(path)
     except tifffile.TiffFileError as exc:
-        msg = f"{path} is not a readable TIFF file ({exc})"
+        msg = f"{path} is not a readable TIFF file ({describe(exc)})"
         raise StackFormatError(msg) from exc
     except Exception as exc:  # a damaged header can make tifffile raise anything
-        msg = f"{path} is not a readable TIFF file ({type(exc).__name__}: {exc})"
+        msg = f"{path} is not a readable TIFF file: it is damaged ({describe(exc)})"
         raise CorruptDataError(msg) from exc
 
 

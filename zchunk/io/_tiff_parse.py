@@ -20,6 +20,7 @@ import tifffile
 
 from zchunk.errors import CorruptDataError, SourceNotFoundError, StackFormatError, ZChunkError
 from zchunk.io._tiff import FileId, TiffLayout
+from zchunk.io._tiff_damage import describe, plain
 from zchunk.io._tiff_open import _TiffLogCapture, open_tiff, strict
 
 if TYPE_CHECKING:
@@ -68,14 +69,22 @@ def _check_page(page: Any, path: str) -> None:
     if np.dtype(page.dtype).kind not in "uif":
         msg = f"{path}: unsupported pixel type {page.dtype}"
         raise StackFormatError(msg)
+    for name, value in (("Compression", page.compression), ("Predictor", page.predictor)):
+        if not isinstance(value, int):  # a count damaged: tifffile gives a tuple
+            msg = (
+                f"{path} is damaged: the {name} tag of page {page.index} holds "
+                f"{len(value)} values where it must hold one"
+            )
+            raise CorruptDataError(msg)
     try:
         tifffile.COMPRESSION(page.compression)
         tifffile.PREDICTOR(page.predictor)
         page.decode  # noqa: B018 - builds the decoder: fails here for codecs tifffile lacks
     except Exception as exc:  # tifffile raises ValueError, KeyError...
+        why = str(exc) if isinstance(exc, ValueError) else "tifffile has no decoder for it"
         msg = (
             f"{path}: cannot decode its pages (compression {page.compression}, predictor "
-            f"{page.predictor}: {type(exc).__name__}: {exc})"
+            f"{page.predictor}): {why}"
         )
         raise StackFormatError(msg) from exc
 
@@ -309,10 +318,10 @@ def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
         if damage is None or isinstance(exc, CorruptDataError):
             raise
         # e.g. "holds no image" because the first IFD cannot be read: say why
-        msg = f"{path} is damaged: {damage}"
+        msg = f"{path} is damaged: {plain(damage)}"
         raise CorruptDataError(msg) from exc
     except Exception as exc:  # tifffile parsing a damaged header can raise anything
-        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        msg = f"{path} is damaged: {describe(exc)}"
         raise CorruptDataError(msg) from exc
     finally:
         logger.removeHandler(capture)
@@ -329,7 +338,7 @@ def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
         raise CorruptDataError(msg)
     damage = capture.damage()
     if damage is not None:
-        msg = f"{path} is damaged: {damage}"
+        msg = f"{path} is damaged: {plain(damage)}"
         raise CorruptDataError(msg)
     _check_extent(layout)
     return TiffInfo(
@@ -436,7 +445,7 @@ def _parse_sequence_file(
     except ZChunkError:
         raise
     except Exception as exc:  # a damaged header can make tifffile raise anything
-        msg = f"{path} is damaged ({type(exc).__name__}: {exc})"
+        msg = f"{path} is damaged: {describe(exc)}"
         raise CorruptDataError(msg) from exc
 
 
