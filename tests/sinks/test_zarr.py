@@ -62,6 +62,35 @@ def test_to_zarr_shards_are_blocks_and_chunks_are_planes(tmp_path, case, dtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
 
 
+def test_zarr_outputs_are_blosc_lz4_bitshuffle(tmp_path):
+    # the fast codec (see zchunk/sinks/_zarr.py): zstd's encode cost more than a filter
+    stack, a = make_stack("zyx", np.uint16)
+    v3 = zarr.open_array(to_zarr(stack, tmp_path / "a.zarr"), mode="r")
+    blosc = json.loads((tmp_path / "a.zarr" / "zarr.json").read_text())
+    codecs = blosc["codecs"][0]["configuration"]["codecs"]
+    assert {
+        "name": "blosc",
+        "configuration": {
+            "typesize": 2,
+            "cname": "lz4",
+            "clevel": 5,
+            "shuffle": "bitshuffle",
+            "blocksize": 0,
+        },
+    } in codecs
+    v2 = to_ome_zarr(stack, tmp_path / "b.ome.zarr", ngff_version="0.4")
+    meta = json.loads((v2 / "0" / ".zarray").read_text())
+    assert meta["compressor"] == {
+        "id": "blosc",
+        "cname": "lz4",
+        "clevel": 5,
+        "shuffle": 2,
+        "blocksize": 0,
+    }
+    np.testing.assert_array_equal(v3[:], a)
+    np.testing.assert_array_equal(zarr.open_array(v2 / "0", mode="r")[:], a)
+
+
 def test_to_zarr_calibration_round_trips(tmp_path):
     stack, _ = make_stack(
         "tzyx",

@@ -154,7 +154,7 @@ def save(
         Replace an existing output (never an input of the stack), and discard a partial
         output of an interrupted run that is not resumed.
     compression : str, optional
-        TIFF compression (see :func:`to_tiff`). Zarr outputs are always compressed (zstd),
+        TIFF compression (see :func:`to_tiff`). Zarr outputs are always compressed (Blosc-LZ4),
         so it must be None for them.
     resume : bool
         Continue the partial output an interrupted run left (``.<name>.zchunk-partial``):
@@ -218,7 +218,7 @@ def save(
     if compression is not None and not fmt.compression:
         msg = (
             f"compression={compression!r} applies to TIFF outputs only; {os.fspath(path)!r} "
-            "is a zarr output, always compressed with zstd: leave compression=None"
+            "is a zarr output, always compressed with Blosc-LZ4: leave compression=None"
         )
         raise OptionError(msg)
     extra: dict[str, Any] = dict(fmt.options)
