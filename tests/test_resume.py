@@ -561,6 +561,34 @@ def test_resume_recomputes_blocks_whose_markers_do_not_match(tmp_path, writer, h
         assert sum(cut.counts.values()) == 5  # nothing forged was trusted
 
 
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_resume_rewrites_a_damaged_shard_without_reading_it(tmp_path, writer, damage, monkeypatch):
+    # zarr rewrites an edge shard (rows past the image) by decoding what it holds first: the
+    # stored files of a block that is written again are deleted, never decoded
+    from zchunk.sinks import _resume
+
+    stack, _ = make_stack(shape=(4, 36, 20))  # 5 bands, the last of 4 rows
+    ref = WRITERS[writer](stack, tmp_path / "ref")
+    work = tmp_path / "work"
+    write = _resume.write_marker
+    monkeypatch.setattr(
+        _resume, "write_marker", lambda d, i, g: None if i == (0, 4, 0) else write(d, i, g)
+    )
+    with pytest.raises(PartialOutputError, match="misses 1 block"):
+        WRITERS[writer](stack, work)
+    monkeypatch.undo()
+    (shard,) = [p for p in partial_of(work / FINAL[writer]).rglob("c/0/4/0") if p.is_file()]
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2 :]
+    else:
+        data[: len(data) // 2] = bytes(len(data) // 2)
+    shard.write_bytes(bytes(data))
+    out = WRITERS[writer](stack, work, resume=True)
+    assert tree(out) == tree(ref)
+
+
 def test_a_block_without_marker_keeps_the_partial_output(tmp_path, monkeypatch):
     # completeness is checked before the rename: a block that was not recorded is redone
     from zchunk.sinks import _resume

@@ -11,7 +11,9 @@ storage holds for the block, as ``"<bytes> <crc32>"``:
 A marker is written to a hidden name and renamed, so it is whole or absent. On resume, every
 marker is checked against the storage before its block is skipped: a marker that is empty or
 unreadable, or whose storage differs (the size first, then the crc32 of exactly those bytes),
-is deleted and its block computed again. Before the partial output is renamed onto its final
+is deleted and its block computed again. The stored files of every block that is computed
+again are deleted first: zarr rewrites a shard by reading what it holds, and a damaged shard
+would fail that read (an LZ4 block with a flipped byte does not decode). Before the partial output is renamed onto its final
 name, every block must have a marker.
 """
 
@@ -171,7 +173,8 @@ def verified(
 ) -> set[Index]:
     """Return the blocks of `done` whose markers match `target`; delete the other markers.
 
-    Also deletes the hidden marker temporaries a killed run left.
+    Also deletes the hidden marker temporaries a killed run left, and the stored files (of a
+    local zarr `target`) of every block that will be written again.
     """
     for name in os.listdir(blocks_dir):
         if name.startswith("."):
@@ -196,7 +199,21 @@ def verified(
     for index in set(markers) - good:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(blocks_dir, block_name(index)))
+    _discard_stored(target, chunks, good)
     return good
+
+
+def _discard_stored(target: Any, chunks: tuple[tuple[int, ...], ...], keep: set[Index]) -> None:
+    """Delete the stored files of a local zarr `target` for every block not in `keep`."""
+    target = _unwrap(target)
+    if getattr(target, "stored_digest", None) is not None:  # a file region: overwritten
+        return
+    for i in np.ndindex(*(len(c) for c in chunks)):
+        if i in keep:
+            continue
+        for path in _zarr_files(target, _regions(chunks, i)) or ():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def check_complete(blocks_dir: str, chunks: tuple[tuple[int, ...], ...]) -> list[Index]:

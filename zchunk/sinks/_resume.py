@@ -777,7 +777,7 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
             raise AssertionError(msg)
         if job.fresh:
             job.record_layout()
-        if job.done:  # trust a marker only if the storage matches it
+        if not job.fresh:  # trust a marker only if the storage matches it
             job.done = verified(target, os.fspath(job.record / _BLOCKS), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
         stored = da.map_blocks(
