@@ -120,6 +120,13 @@ def test_parse_memory_rejects(bad):
         parse_memory(bad)
 
 
+@given(st.integers(0, 2**62))
+def test_format_bytes_is_dasks(n):
+    from dask.utils import format_bytes as dask_format_bytes
+
+    assert format_bytes(n) == dask_format_bytes(n)
+
+
 def test_format_bytes():
     assert format_bytes(2 * 1024**2) == "2.00 MiB"
 

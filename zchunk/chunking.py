@@ -91,17 +91,21 @@ def parse_memory(value: int | str) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """Return a short human size, binary units (dask's ``format_bytes``).
+    """Return a short human size, binary units: dask's ``format_bytes``, written out.
+
+    The same text as ``dask.utils.format_bytes`` (a test holds them equal), without importing
+    dask for it: ``zchunk info`` prints sizes and needs nothing else from dask (0.2 s).
 
     Examples
     --------
     >>> format_bytes(3 * 1024**3), format_bytes(1536), format_bytes(12)
     ('3.00 GiB', '1.50 kiB', '12 B')
     """
-    from dask.utils import format_bytes as dask_format_bytes
-
-    text: str = dask_format_bytes(int(n))
-    return text
+    n = int(n)
+    for prefix, k in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("ki", 2**10)):
+        if n >= k * 0.9:
+            return f"{n / k:.2f} {prefix}B"
+    return f"{n} B"
 
 
 def default_memory_limit() -> int:
