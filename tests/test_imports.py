@@ -1,5 +1,6 @@
 """Start-up: each command imports only what it uses (``zchunk --version`` nothing heavy)."""
 
+import os
 import subprocess
 import sys
 
@@ -64,6 +65,7 @@ def tiff(tmp_path):
 def test_info_and_max_load_no_zarr_numba_or_scipy_filters(tiff, tmp_path):
     for argv in (["info", tiff], ["project", tiff, "-m", "max", "-o", str(tmp_path / "m.tif")]):
         assert not _imported(argv) & {"zarr", "numba", "distributed"}, argv
+    assert not _imported(["info", tiff]) & {"dask", "scipy"}  # sizes printed without dask
     assert "numba" in _imported(["project", tiff, "-m", "median", "-o", str(tmp_path / "d.tif")])
 
 
@@ -118,3 +120,26 @@ def test_io_modules_import_each_other_one_way():
 
     for module in graph:
         visit(module)
+
+
+THREADS = """
+import os, sys
+sys.argv = ["zchunk", "info", {tiff!r}]
+from zchunk.cli import main
+main()
+print(os.environ.get("OPENBLAS_NUM_THREADS", "unset"), len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="BLAS starts no pool on one core")
+def test_the_command_starts_no_blas_thread_pool(tiff):
+    """numpy's OpenBLAS would start a thread per core; zchunk's workers are dask's."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    code = THREADS.format(tiff=tiff)
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.split()[-2:] == ["1", "1"]  # one thread: the main one
+    env["OPENBLAS_NUM_THREADS"] = "2"  # the user's setting is kept
+    out = subprocess.run(run, check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.split()[-2:] == ["2", "2"]

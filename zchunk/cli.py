@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+#: The thread pools of numpy's and scipy's BLAS (each wheel bundles an OpenBLAS that starts one
+#: thread per core when it loads): zchunk's parallelism is dask's, one task per worker thread,
+#: so a BLAS pool would only compete with it. One thread each, unless the user set them, as
+#: dask.distributed does for its workers ("distributed.nanny.pre-spawn-environ").
+SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="TIFF file, folder or glob of TIFFs, or .zarr / .ome.zarr")
@@ -474,6 +480,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    if argv is None:  # the process is zchunk's: before numpy or scipy load their BLAS
+        for name in SINGLE_THREADED:
+            os.environ.setdefault(name, "1")
     parser = _parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
