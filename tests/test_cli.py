@@ -99,7 +99,8 @@ def test_project_many_to_folder_json(zstack, tmp_path, capsys):
     argv = ["project", path, "-m", "max", "-m", "median", "-m", "percentile", "--q", "90"]
     assert main([*argv, "-o", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert sorted(os.listdir(out)) == ["max.tif", "median.tif", "percentile90.tif"]
+    names = ["max.tif", "median.tif", "percentile90.tif"]
+    assert sorted(os.listdir(out)) == [f".{n}.zchunk-done" for n in names] + names
     assert summary["methods"] == ["max", "median", "percentile"]
     assert summary["peak_rss_mb"] > 0
     np.testing.assert_array_equal(tifffile.imread(out / "median.tif"), np.median(data, axis=0))
@@ -164,7 +165,7 @@ def test_one_method_writes_to_out_even_where_a_folder_is(zstack, tmp_path, capsy
     assert f"min: {out}\n" in capsys.readouterr().out
     got = zarr.open_array(str(out), mode="r")[:] if name.endswith(".zarr") else tifffile.imread(out)
     np.testing.assert_array_equal(got, data.min(axis=0))
-    assert sorted(os.listdir(tmp_path)) == sorted([name, "stack.tif"])
+    assert sorted(os.listdir(tmp_path)) == sorted([f".{name}.zchunk-done", name, "stack.tif"])
 
 
 def test_project_never_writes_over_input(zstack, capsys):

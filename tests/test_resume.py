@@ -135,7 +135,7 @@ def test_interrupted_write_resumes_bit_identical(tmp_path, writer):
     out = WRITERS[writer](stack, work, resume=True)
     assert out == final
     assert sum(cut.counts.values()) == 5 - done  # only the missing blocks were computed
-    assert sorted(p.name for p in work.iterdir()) == [final.name]  # no partial, no record
+    assert sorted(p.name for p in work.iterdir()) == [f".{final.name}.zchunk-done", final.name]
     assert tree(out) == tree(ref)  # bit for bit, metadata included
 
 
@@ -168,7 +168,7 @@ def test_partial_output_needs_resume_or_overwrite(tmp_path):
     assert tree(partial_of(tmp_path / "a.zarr")) == before  # untouched
     out = to_zarr(stack, tmp_path / "a.zarr", overwrite=True)  # starts over
     np.testing.assert_array_equal(zarr.open_array(out)[:], a)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.zarr.zchunk-done", "a.zarr"]
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
@@ -261,7 +261,11 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     # overwrite starts over
     written = zchunk.save(same, out, resume=True, overwrite=True)
     assert zarr.open_array(written).attrs["zchunk"]["name"] == "gaussian-src.tif"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "src.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.zarr.zchunk-done",
+        "out.zarr",
+        "src.tif",
+    ]
 
 
 def test_resume_in_another_format_is_refused(tmp_path):
@@ -272,7 +276,7 @@ def test_resume_in_another_format_is_refused(tmp_path):
     with pytest.raises(ResumeMismatchError, match=r"output format differs.*tiff-scratch"):
         to_tiff(stack, tmp_path / "a.tif", resume=True)  # uncompressed: another partial output
     out = to_tiff(stack, tmp_path / "a.tif", resume=True, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{out.name}.zchunk-done", out.name]
 
 
 def test_record_holds_the_settings(tmp_path):
@@ -363,7 +367,12 @@ def test_save_many_resumes_its_scratch_arrays(tmp_path):
     assert sum(cut.counts.values()) == 3  # 5 blocks, 2 of them done
     np.testing.assert_array_equal(tifffile.imread(out["max"]), a.max(axis=0))
     np.testing.assert_array_equal(zarr.open_array(out["mean"])[:], a.mean(axis=0))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["max.tif", "mean.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".max.tif.zchunk-done",
+        ".mean.zarr.zchunk-done",
+        "max.tif",
+        "mean.zarr",
+    ]
 
 
 # --- SIGKILL at random points of real runs -------------------------------------------------
@@ -443,7 +452,10 @@ def _cli(src: Path, out: Path, *extra: str) -> list[str]:
 
 def _check_bit_identical(out: Path, ref: Path) -> None:
     assert not partial_of(out).exists()
-    assert not any(".zchunk" in p.name or p.name.endswith(".partial") for p in out.parent.iterdir())
+    left = [
+        p.name for p in out.parent.iterdir() if p != out and p.name != f".{out.name}.zchunk-done"
+    ]
+    assert not any(".zchunk" in n or n.endswith(".partial") for n in left)
     if out.suffix == ".zarr":
         assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
         got, want = zarr.open_array(out)[:], zarr.open_array(ref)[:]

@@ -16,6 +16,9 @@ from zchunk.cli import main
 from zchunk.testing import blobs
 
 METHODS = ["-m", "max", "-m", "median", "-m", "std"]
+OUTPUTS = ["max.tif", "median.tif", "std.tif"]
+#: every output with its record of the settings it was made with
+RECORDED = [f".{n}.zchunk-done" for n in OUTPUTS] + OUTPUTS
 
 
 @pytest.fixture
@@ -73,8 +76,8 @@ def test_multi_method_resume_keeps_finished_outputs_and_finishes_the_rest(src, t
     assert (out / "max.tif").is_file()
     kept = os.stat(out / "max.tif")
     assert main([*argv, "--resume"]) == 0
-    assert files(out) == files(ref) == ["max.tif", "median.tif", "std.tif"]
-    for name in files(ref):
+    assert files(out) == files(ref) == RECORDED
+    for name in OUTPUTS:
         np.testing.assert_array_equal(tifffile.imread(out / name), tifffile.imread(ref / name))
     assert os.stat(out / "max.tif").st_ino == kept.st_ino  # kept, not written again
     # --resume after a finished run: nothing to do, exit 0, nothing touched
@@ -105,7 +108,7 @@ def test_multi_method_resume_with_overwrite_keeps_the_work(src, tmp_path):
     kept = {n: os.stat(out / n).st_ino for n in ("max.tif", "median.tif")}
     assert main([*argv, "--resume", "--overwrite"]) == 0
     assert {n: os.stat(out / n).st_ino for n in kept} == kept
-    assert files(out) == ["max.tif", "median.tif", "std.tif"]
+    assert files(out) == RECORDED
 
 
 def test_resume_after_a_finished_run_is_a_no_op(src, tmp_path):
@@ -168,7 +171,7 @@ def test_kill_while_laying_out_starts_over_on_resume(src, tmp_path, name):
         import zarr
 
         np.testing.assert_array_equal(zarr.open_array(out)[:], zarr.open_array(ref)[:])
-    assert files(out.parent) == [name]
+    assert files(out.parent) == [f".{name}.zchunk-done", name]
 
 
 @pytest.mark.timeout(120)
@@ -190,7 +193,7 @@ def test_kill_while_writing_compressed_pages_leaves_nothing_after_resume(src, tm
     )
     assert [n for n in files(tmp_path) if ".out.tif.zchunk-tmp-" in n]  # the page file
     assert main([*argv, "-o", str(out), "--resume"]) == 0
-    assert files(tmp_path) == ["out.tif", "src.tif"]
+    assert files(tmp_path) == [".out.tif.zchunk-done", "out.tif", "src.tif"]
     assert tifffile.imread(out).shape == (5, 96, 64)
 
 
@@ -212,7 +215,7 @@ def test_kill_after_the_final_rename_then_resume_cleans_up(src, tmp_path):
         """,
         argv,
     )
-    assert files(tmp_path) == [".out.tif.zchunk-lock", ".out.tif.zchunk-partial.zchunk-record",
-                               "out.tif", "src.tif"]  # fmt: skip
+    assert files(tmp_path) == [".out.tif.zchunk-done", ".out.tif.zchunk-lock",
+                               ".out.tif.zchunk-partial.zchunk-record", "out.tif", "src.tif"]  # fmt: skip
     assert main([*argv, "--resume"]) == 0
-    assert files(tmp_path) == ["out.tif", "src.tif"]
+    assert files(tmp_path) == [".out.tif.zchunk-done", "out.tif", "src.tif"]

@@ -79,7 +79,13 @@ def test_second_run_on_the_same_output_is_refused(src, tmp_path):
         _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     np.testing.assert_array_equal(zarr.open_array(out)[:], zarr.open_array(ref)[:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr", "ref.zarr", "src.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".o.zarr.zchunk-done",
+        ".ref.zarr.zchunk-done",
+        "o.zarr",
+        "ref.zarr",
+        "src.tif",
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -91,7 +97,7 @@ def test_the_lock_dies_with_its_process(src, tmp_path):
     first.communicate()
     assert lock_path(out).exists()  # the file stays, its lock does not
     assert main(["filter", str(src), *ARGS, "--sigma", "1", "-o", str(out), "--resume"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "src.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.tif.zchunk-done", "o.tif", "src.tif"]
 
 
 def test_lock_is_reentrant_in_a_thread_and_removed_after(tmp_path):

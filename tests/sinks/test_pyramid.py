@@ -89,7 +89,7 @@ def test_pyramid_levels_validate_and_hold_the_mean(
             np.testing.assert_allclose(array[:], expected, rtol=1e-6)
         if level:
             np.testing.assert_array_equal(array[:], downsample_mean(group[str(level - 1)][:]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ome.zarr"]  # nothing left over
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.ome.zarr.zchunk-done", "a.ome.zarr"]
 
 
 def test_pyramid_shards_are_aligned_and_stay_large(tmp_path):
@@ -118,7 +118,7 @@ def test_save_pyramid_passes_through_and_rejects_other_formats(tmp_path):
     for name in ("a.tif", "a.ome.tif", "a.zarr"):
         with pytest.raises(OptionError, match=r"OME-Zarr outputs only.*\.ome\.zarr"):
             save(stack, tmp_path / name, pyramid=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ome.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.ome.zarr.zchunk-done", "a.ome.zarr"]
     with pytest.raises(OptionError, match="pyramid=-1"):
         to_ome_zarr(stack, tmp_path / "b.ome.zarr", pyramid=-1)
 

@@ -12,6 +12,7 @@ import zarr
 
 from zchunk.errors import OutputExistsError, ZChunkError
 from zchunk.sinks import save, to_ome_zarr, to_tiff, to_zarr
+from zchunk.sinks._done import done_path
 from zchunk.stack import Stack
 from zchunk.testing import blobs
 
@@ -159,7 +160,7 @@ def test_keyboard_interrupt_leaves_only_a_resumable_partial_output(tmp_path, wri
     assert left[0].endswith(".zchunk-partial")
     assert all(".zchunk-partial" in name for name in left)
     out = WRITERS[writer](stack, tmp_path, resume=True)  # the same stack (same dask graph)
-    assert list(tmp_path.iterdir()) == [out]
+    assert sorted(tmp_path.iterdir()) == [done_path(out), out]
     np.testing.assert_array_equal(read_back(out), a)
 
 
@@ -190,7 +191,7 @@ def test_failed_overwrite_keeps_the_old_output(tmp_path, writer):
     out = WRITERS[writer](stack, tmp_path)
     with pytest.raises(Boom):
         WRITERS[writer](failing(stack.replace(data=stack.data + 1)), tmp_path, overwrite=True)
-    assert list(tmp_path.iterdir()) == [out]
+    assert sorted(tmp_path.iterdir()) == [done_path(out), out]
     np.testing.assert_array_equal(read_back(out), a)
 
 
@@ -232,7 +233,7 @@ def test_overwrite_replaces(tmp_path, writer):
     WRITERS[writer](stack, tmp_path)
     out = WRITERS[writer](stack.replace(data=stack.data + 1), tmp_path, overwrite=True)
     np.testing.assert_array_equal(read_back(out), a + 1)
-    assert list(tmp_path.iterdir()) == [out]
+    assert sorted(tmp_path.iterdir()) == [done_path(out), out]
 
 
 def test_overwrite_replaces_a_folder_with_a_file_and_back(tmp_path):
@@ -247,7 +248,12 @@ def test_overwrite_replaces_a_folder_with_a_file_and_back(tmp_path):
     target.write_text("not a zarr")
     save(stack, target, overwrite=True)
     np.testing.assert_array_equal(zarr.open_array(target, mode="r")[:], a)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.tif.zchunk-done",
+        ".out.zarr.zchunk-done",
+        "out.tif",
+        "out.zarr",
+    ]
 
 
 def test_overwrite_a_symlink_replaces_the_link_not_its_target(tmp_path):

@@ -59,7 +59,7 @@ def test_to_zarr_shards_are_blocks_and_chunks_are_planes(tmp_path, case, dtype):
     assert z.dtype == np.dtype(dtype)
     assert z.fill_value == 0
     np.testing.assert_array_equal(z[:], a)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.zarr.zchunk-done", "out.zarr"]
 
 
 def test_zarr_outputs_are_blosc_lz4_bitshuffle(tmp_path):

@@ -160,8 +160,10 @@ def save(
         Continue the partial output an interrupted run left (``.<name>.zchunk-partial``):
         only its missing blocks are computed, if it was started with the same settings
         (inputs unchanged, same operation and parameters, dtype, shape, calibration). The
-        result is the same, bit for bit, as an uninterrupted run. Without a partial output,
-        a normal write.
+        result is the same, bit for bit, as an uninterrupted run. An existing output is kept
+        (nothing is written) if its record ``.<name>.zchunk-done`` says this run made it, with
+        these settings, and it has not changed since; otherwise it is refused (or written again
+        with `overwrite`). Without a partial or finished output, a normal write.
     pyramid : int
         Extra resolution levels of an OME-Zarr output, y and x halved per level with the
         mean of 2x2 blocks (see :func:`to_ome_zarr`); other formats need 0.
@@ -261,7 +263,7 @@ def save_many(
         TIFF compression (see :func:`to_tiff`).
     resume : bool
         Continue the scratch arrays and outputs an interrupted run left (see :func:`save`).
-        Outputs that were already finished exist: pass `overwrite` too to write them again.
+        Outputs already finished with the same settings are kept (see :func:`save`).
     pyramid, ngff_version
         For OME-Zarr outputs, as in :func:`save`.
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from zchunk.errors import OptionError, OutputExistsError, OutputNotWritableError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from zchunk._types import PathLike
 
@@ -255,7 +255,9 @@ def _commit(tmp: Path, final: Path, *, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, *, overwrite: bool) -> Iterator[Path]:
+def atomic_output(
+    final: Path, *, overwrite: bool, commit: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling path to write; rename it onto `final` when the block succeeds.
 
     Parameters
@@ -264,6 +266,9 @@ def atomic_output(final: Path, *, overwrite: bool) -> Iterator[Path]:
         The output, as returned by :func:`prepare_output`.
     overwrite : bool
         Whether an output that appeared in the meantime may be replaced.
+    commit : callable, optional
+        Called with the finished temporary to move it onto `final` (to record it first, see
+        :func:`zchunk.sinks._done.commit_output`); default: rename it.
 
     Yields
     ------
@@ -289,7 +294,10 @@ def atomic_output(final: Path, *, overwrite: bool) -> Iterator[Path]:
     tmp = sibling_name(final, "tmp")
     try:
         yield tmp
-        _commit(tmp, final, overwrite=overwrite)
+        if commit is None:
+            _commit(tmp, final, overwrite=overwrite)
+        else:
+            commit(tmp)
     except BaseException:
         abandon(tmp)
         raise

@@ -11,26 +11,22 @@ arrays are resumable outputs (``.<name>.scratch.zchunk-partial``, see
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import TYPE_CHECKING
 
 import dask.array as da
 
-from zchunk._partial import partial_path, record_path
-from zchunk.errors import OptionError, OutputExistsError
+from zchunk.errors import OptionError
 from zchunk.sinks import save
 from zchunk.sinks._atomic import prepare_output
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._resume import (
     check_run_space,
     discard_partial,
-    newest_mtime,
     resumable_output,
-    settings_differ,
-    settings_of,
     store_resumable,
 )
+from zchunk.sinks._settings import settings_of
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
@@ -114,38 +110,6 @@ def _scratch(final: Path) -> Path:
     return final.with_name(f"{final.name}.scratch")
 
 
-def _identity(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _wrote(job_record: Path, final: Path) -> bool:
-    """Whether the run of scratch record `job_record` wrote `final` as it is now.
-
-    The record names the output once it is written; a run killed between writing the output
-    and naming it left an output newer than the record (no other run wrote it meanwhile: the
-    output was locked).
-    """
-    try:
-        named = (job_record / _OUTPUT).read_text()
-    except FileNotFoundError:
-        try:
-            started = os.stat(job_record / "settings.json").st_mtime_ns
-            return newest_mtime(final) >= started
-        except OSError:
-            return False
-    except OSError:
-        return False
-    try:
-        return bool(json.loads(named) == _identity(final))
-    except ValueError:
-        return False
-
-
-#: File in a scratch array's record naming the output written from it (inode, size, times).
-_OUTPUT = "output"
-
-
 def _save_all(
     stacks: Mapping[str, Stack],
     finals: Mapping[str, Path],
@@ -162,8 +126,8 @@ def _save_all(
     }
     written: dict[str, Path] = {}
     for key, final in finals.items():
-        if resume and os.path.lexists(final):
-            written[key] = _finished(key, stacks[key], final, settings[key], options)
+        if resume and os.path.lexists(final):  # kept if it is this run's (its record says)
+            written[key] = save(stacks[key], final, **options)
     todo = [key for key in stacks if key not in written]
     tiff_factor = 2 if options["compression"] else 1  # a compressed TIFF has its own scratch
     check_run_space(
@@ -198,52 +162,14 @@ def _save_all(
             writes.append((data, array, job))
             arrays[key] = array
         store_resumable(writes)
-        for (_, _, job), key in zip(writes, todo, strict=True):
+        for key in todo:
             array = arrays[key]
             staged = stacks[key].replace(
                 data=da.from_zarr(array, chunks=array.shards or array.chunks)
             )
             written[key] = save(staged, finals[key], **options)
-            # a kill from here on: --resume keeps this output (it is named in the record)
-            (job.record / _OUTPUT).write_text(json.dumps(_identity(written[key])))
         for _, _, job in writes:
             job.discard()
         for key in finals:
             discard_partial(_scratch(finals[key]))  # scratch of an output finished before
         return {key: written[key] for key in stacks}
-
-
-def _finished(
-    key: str,
-    stack: Stack,
-    final: Path,
-    settings: dict[str, Any],
-    options: dict[str, Any],
-) -> Path:
-    """Return `final` if an interrupted run of these settings finished it, else refuse it.
-
-    With its scratch array still there, the scratch's record must name `final` as it is now
-    and hold these settings; without one, `save` decides (it keeps a finished output that
-    matches, see :func:`~zchunk.sinks._resume.finished_output`, or refuses it).
-    """
-    scratch = partial_path(_scratch(final))
-    record = record_path(scratch, folder=True)
-    if not os.path.lexists(scratch):
-        return save(stack, final, **options)
-    try:
-        recorded = json.loads((record / "settings.json").read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if (
-        recorded is not None
-        and settings_differ(recorded, settings) is None
-        and _wrote(record, final)
-    ):
-        return save(stack, final, **options)  # checked (shape, dtype, inputs), not written
-    if options["overwrite"]:
-        return save(stack, final, **options)
-    msg = (
-        f"the output {os.fspath(final)!r} already exists and was not written by the "
-        f"interrupted run being resumed ({key}): pass overwrite=True / --overwrite"
-    )
-    raise OutputExistsError(msg)

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import zarr
 
 from zchunk.errors import OptionError
@@ -42,11 +41,6 @@ NGFF_VERSIONS: dict[str, Literal[2, 3]] = {"0.5": 3, "0.4": 2}
 
 #: Axis order NGFF requires: time, then channel, then space.
 NGFF_AXES = "tczyx"
-
-
-def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
-    array = zarr.open_group(path, mode="r")["0"]
-    return int(array.size), np.dtype(array.dtype)  # type: ignore[union-attr]
 
 
 def _ngff_order(stack: Stack) -> Stack:
@@ -93,10 +87,6 @@ class OmeZarrWriter:
     format: str = "ome-zarr"
     folder: bool = True
     compressed: bool = True
-
-    def probe(self, path: Path, /) -> tuple[int, np.dtype[Any]]:
-        """Return the pixel count and dtype of level 0 of a finished output."""
-        return _probe(path)
 
     @property
     def _scale(self) -> list[float]:

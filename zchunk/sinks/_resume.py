@@ -11,8 +11,9 @@ name (see :mod:`zchunk._partial`), with a record made **before** any pixel is wr
 Creating an empty file is atomic (it exists or it does not), so a marker is never torn and
 any number of threads, processes or cluster workers may add markers at once. A block without
 its marker is written again, whole, on resume. When every block is written the record is
-removed and the partial output renamed onto the final name: an output under its final name is
-always complete.
+removed, the finished output's record of its settings written (:mod:`zchunk.sinks._done`) and
+the partial output renamed onto the final name: an output under its final name is always
+complete, and ``--resume`` keeps it only if its record holds this run's settings.
 
 On resume the settings of the new run must equal the recorded ones (inputs unchanged, same
 operation and parameters, dtype, shape, calibration, format); only the finished blocks are
@@ -42,7 +43,6 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.layers import ArraySliceDep
 
 from zchunk._partial import RECORD_NAME, partial_path, record_path
-from zchunk._version import __version__
 from zchunk.chunking import format_bytes
 from zchunk.errors import (
     DiskSpaceError,
@@ -52,222 +52,32 @@ from zchunk.errors import (
     ZChunkError,
 )
 from zchunk.sinks import _markers
-from zchunk.sinks._atomic import TEMP_MARKER, GuardedTarget, _commit, abandon, remove_path
+from zchunk.sinks._atomic import TEMP_MARKER, GuardedTarget, abandon, remove_path
+from zchunk.sinks._done import (
+    commit_output,
+    finished_reason,
+    forget_orphan,
+    read_done,
+    stale_record_names,
+)
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._markers import stored_digest, verified, write_marker
+from zchunk.sinks._settings import settings_differ
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from zchunk._types import PathLike
-    from zchunk.stack import Stack
 
 __all__ = [
     "PartialWrite",
     "check_free_space",
-    "input_identity",
     "resumable_output",
-    "settings_of",
     "store_resumable",
 ]
 
-#: Operations whose description (``stack.attrs[key]``) is part of the settings of an output.
-OPERATION_KEYS = ("filter", "projection")
-
 _SETTINGS = "settings.json"
 _BLOCKS = "blocks"
-
-# what each settings entry is called in messages, in the order they are compared
-_LABELS = {
-    "zchunk": "the zchunk version",
-    "format": "the output format",
-    "inputs": "the inputs",
-    "array": "the input array",
-    "operation": "the operation",
-    "axes": "the axes",
-    "shape": "the shape",
-    "dtype": "the dtype",
-    "metadata": "the calibration and metadata",
-    "writer": "the writer settings",
-}
-
-
-# settings -------------------------------------------------------------------------------------
-
-
-def _tree_identity(path: str) -> dict[str, Any]:
-    """Files, bytes and newest modification time under folder `path` (one walk)."""
-    count = size = newest = changed = inodes = 0
-    for root, _, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(OSError):
-                st = os.stat(os.path.join(root, name))
-                count += 1
-                size += st.st_size
-                newest = max(newest, st.st_mtime_ns)
-                changed = max(changed, st.st_ctime_ns)
-                inodes = (inodes + st.st_ino) % 2**63
-    return {
-        "path": path,
-        "files": count,
-        "size": size,
-        "mtime_ns": newest,
-        "ctime_ns": changed,
-        "inodes": inodes,
-    }
-
-
-def input_identity(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Identify input files and folders, to tell on resume whether they changed.
-
-    A file is its path, size, mtime, inode (replaced by another file) and ctime (rewritten in
-    place with size and mtime set back: no user call can set the ctime back). A folder is its
-    file count, bytes, newest mtime and ctime, and the sum of its files' inodes.
-
-    Examples
-    --------
-    >>> input_identity(["/no/such/file"])
-    [{'path': '/no/such/file', 'missing': True}]
-    """
-    out: list[dict[str, Any]] = []
-    for path in paths:
-        path = os.path.abspath(path)
-        if os.path.isdir(path):
-            out.append(_tree_identity(path))
-            continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append({"path": path, "missing": True})
-            continue
-        out.append(
-            {
-                "path": path,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "inode": st.st_ino,
-                "ctime_ns": st.st_ctime_ns,
-            }
-        )
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists, numpy scalars numbers)."""
-    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return repr(value)
-
-
-def settings_of(
-    stack: Stack,
-    data: da.Array,
-    *,
-    format: str,
-    metadata: Any = None,
-    writer: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Return the JSON record of what an output of `stack` holds, to compare on resume.
-
-    Parameters
-    ----------
-    stack : Stack
-        The stack being written: its inputs (``attrs["source_paths"]``), operation
-        (``attrs["filter"]``, ``attrs["projection"]``), axes and dtype.
-    data : dask.array.Array
-        The array written (already in the output's axis order and byte order); its shape and
-        chunks are recorded.
-    format : str
-        ``"zarr"``, ``"ome-zarr"``, ``"tiff"`` (uncompressed, region writes) or
-        ``"tiff-scratch"`` (the scratch zarr of a compressed TIFF).
-    metadata : object, optional
-        The calibration and metadata the output holds (JSON-able).
-    writer : Mapping, optional
-        Settings of the writer that shape the partial output (zarr format, compression...).
-
-    Returns
-    -------
-    dict
-        JSON-ready settings; ``"chunks"`` are the blocks (not compared, see
-        :func:`settings_differ`). A stack with no input files (an array) is identified by its
-        dask name instead, which dask derives from the array's contents.
-    """
-    sources = stack.attrs.get("source_paths") or ()
-    if isinstance(sources, (str, os.PathLike)):
-        sources = (sources,)
-    paths = [os.fspath(s) for s in sources if s]
-    settings: dict[str, Any] = {
-        "zchunk": __version__,
-        "format": format,
-        "inputs": input_identity(paths),
-        "array": None if paths else stack.data.name,
-        "operation": {k: stack.attrs[k] for k in OPERATION_KEYS if k in stack.attrs},
-        "axes": stack.axes,
-        "shape": [int(n) for n in data.shape],
-        "dtype": np.dtype(data.dtype).str,
-        "metadata": metadata,
-        "writer": dict(writer or {}),
-        "chunks": [[int(n) for n in c] for c in data.chunks],
-    }
-    result: dict[str, Any] = _jsonable(settings)
-    return result
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _inputs_differ(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str | None:
-    if [i["path"] for i in old] != [i["path"] for i in new]:
-        gone = [i["path"] for i in old if i["path"] not in {j["path"] for j in new}]
-        added = [i["path"] for i in new if i["path"] not in {j["path"] for j in old}]
-        if gone or added:
-            parts = [f"{len(gone)} input(s) not in this run (first {gone[0]})"] if gone else []
-            parts += [f"{len(added)} new input(s) (first {added[0]})"] if added else []
-            return "the inputs differ: " + ", ".join(parts)
-        return "the inputs are in another order"
-    for a, b in zip(old, new, strict=True):
-        if a != b:
-            if b.get("missing"):
-                return f"the input {b['path']} no longer exists"
-            what = ", ".join(
-                f"{key} {a.get(key)} -> {b.get(key)}"
-                for key in ("size", "files", "mtime_ns", "inode", "inodes", "ctime_ns")
-                if a.get(key) != b.get(key)
-            )
-            return f"the input {b['path']} changed since the partial output was started ({what})"
-    return None
-
-
-def settings_differ(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """Describe the first difference between recorded and new settings, or return None.
-
-    Examples
-    --------
-    >>> a = {"zchunk": "1", "operation": {"filter": {"sigma": 1}}, "chunks": [[4], [8, 8]]}
-    >>> settings_differ(a, {**a, "chunks": [[4], [16]]}) is None
-    True
-    >>> settings_differ(a, {**a, "operation": {"filter": {"sigma": 2}}})
-    'the operation differs (partial output: {"filter":{"sigma":1}}; this run: {"filter":{"sigma":2}})'
-    """
-    for key, label in _LABELS.items():
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if key == "inputs" and isinstance(a, list) and isinstance(b, list):
-            why = _inputs_differ(a, b)
-            if why is not None:
-                return why
-            continue
-        return f"{label} differs (partial output: {_short(a)}; this run: {_short(b)})"
-    return None
 
 
 # the partial output ---------------------------------------------------------------------------
@@ -397,14 +207,14 @@ class PartialWrite:
         return out
 
     def commit(self, *, overwrite: bool) -> None:
-        """Remove the record and move the finished partial output onto the final name."""
+        """Remove the block record, record the output as finished, move it onto its name."""
         check_complete(self)
         if self.folder:
-            remove_path(self.record)
-            _commit(self.partial, self.final, overwrite=overwrite)
-        else:
-            _commit(self.partial, self.final, overwrite=overwrite)
-            remove_path(self.record)
+            remove_path(self.record)  # first: the record of the output covers every file
+        commit_output(
+            self.partial, self.final, self.settings, overwrite=overwrite, partial=self.settings
+        )
+        remove_path(self.record)  # a file's, next to it
 
     def discard(self) -> None:
         """Delete the partial output and its record (once no write into it is running)."""
@@ -497,7 +307,10 @@ def clean_stale(final: Path) -> None:
     moved the new one in is put back when `final` is missing, else deleted.
     """
     prefix = f".{final.name}{TEMP_MARKER}"
-    record_tmp = record_path(partial_path(final), folder=False).name + "-new-"
+    record_tmp = (
+        record_path(partial_path(final), folder=False).name + "-new-",
+        *stale_record_names(final),
+    )
     mine = f"-{os.getpid()}-"
     try:
         names = os.listdir(final.parent)
@@ -510,7 +323,7 @@ def clean_stale(final: Path) -> None:
         if name.startswith(f"{prefix}old-") and not os.path.lexists(final):
             with contextlib.suppress(OSError):
                 os.rename(path, final)
-        elif name.startswith((f"{prefix}tmp-", f"{prefix}old-", record_tmp)):
+        elif name.startswith((f"{prefix}tmp-", f"{prefix}old-", *record_tmp)):
             with contextlib.suppress(OSError):
                 remove_path(path)
     inside = partial_path(final)
@@ -522,47 +335,29 @@ def clean_stale(final: Path) -> None:
             if name.startswith(f"{RECORD_NAME}-new-") and mine not in name:
                 with contextlib.suppress(OSError):
                     remove_path(inside / name)
+    forget_orphan(final)
 
 
-def finished_output(
-    path: PathLike,
-    stack: Stack,
-    *,
-    probe: Callable[[Path], tuple[int, np.dtype[Any]]],
-    overwrite: bool,
-) -> Path | None:
+def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: bool) -> Path | None:
     """With ``resume=True``: return `path` if it is this run's finished output, else None.
 
-    A finished run left its output and no partial output. It is taken as this run's when it
-    holds as many pixels as `stack`, of its dtype (`probe` reads the output's header), and no
-    input changed after it was written. (An array input, with no files, is not checked further:
-    pass `overwrite` to write it again.) Otherwise, without `overwrite`, OutputExistsError; with it, None (the
-    output is written again).
+    An existing output is this run's when its record (see :mod:`zchunk.sinks._done`) describes
+    it as it is now and holds these `settings` (same operation and parameters, calibration,
+    writer settings, inputs unchanged). A partial output this run's commit left behind (the
+    scratch array of a compressed TIFF, killed before deleting it) is deleted. Otherwise,
+    without `overwrite`, OutputExistsError naming the difference; with it, None (the output is
+    written again). No output: None.
     """
     final = Path(os.path.abspath(os.fspath(path)))
-    if not os.path.lexists(final) or os.path.lexists(partial_path(final)):
+    if not os.path.lexists(final):
         return None
-    why = None
-    size, dtype = int(stack.data.size), np.dtype(stack.dtype).newbyteorder("=")
-    try:
-        got_size, got_dtype = probe(final)
-    except Exception as exc:  # noqa: BLE001 - any unreadable output is not a finished one
-        why = f"it cannot be read ({type(exc).__name__})"
-    else:
-        if (got_size, np.dtype(got_dtype)) != (size, np.dtype(dtype)):
-            why = f"it holds {got_size} pixels of {got_dtype}, this run {size} of {dtype}"
-    if why is None:
-        written = newest_mtime(final)
-        for source in input_identity(_source_paths(stack)):
-            changed = max(source.get("mtime_ns", 0), source.get("ctime_ns", 0))
-            if source.get("missing") or changed > written:
-                why = f"the input {source['path']} changed after it was written"
-                break
-    if why is None:
-        with output_lock(final):  # what a run killed while finishing left: nothing to keep
-            clean_stale(final)
-        return final
-    if overwrite:
+    with output_lock(final):
+        clean_stale(final)
+        why = finished_reason(final, settings) if os.path.lexists(final) else ""
+        if why is None:
+            _discard_leftover(final)
+            return final
+    if overwrite or not why:
         return None
     msg = (
         f"the output {os.fspath(final)!r} exists but is not this run's finished output: "
@@ -571,18 +366,15 @@ def finished_output(
     raise OutputExistsError(msg)
 
 
-def newest_mtime(path: Path) -> int:
-    """Return the modification time of file `path`, or the newest of a folder's files."""
-    if not path.is_dir():
-        return os.stat(path).st_mtime_ns
-    return max((p.stat().st_mtime_ns for p in path.rglob("*")), default=0)
-
-
-def _source_paths(stack: Stack) -> list[str]:
-    sources = stack.attrs.get("source_paths") or ()
-    if isinstance(sources, (str, os.PathLike)):
-        sources = (sources,)
-    return [os.fspath(s) for s in sources if s]
+def _discard_leftover(final: Path) -> None:
+    """Delete the partial output of finished `final` if its commit left it (same settings)."""
+    partial = partial_path(final)
+    if not os.path.lexists(partial):
+        return
+    state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
+    made_from = (read_done(final) or {}).get("partial")
+    if state is not None and made_from and settings_differ(state[0], made_from) is None:
+        _discard(partial, record_path(partial, folder=True))
 
 
 def discard_partial(final: Path) -> None:

@@ -25,12 +25,9 @@ import tifffile
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import atomic_output, prepare_output
 from zchunk.sinks._channels import channel_colors, channel_names, imagej_luts, ome_color
-from zchunk.sinks._resume import (
-    finished_output,
-    resumable_output,
-    settings_of,
-    store_resumable,
-)
+from zchunk.sinks._done import commit_output
+from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
+from zchunk.sinks._settings import settings_of
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
@@ -340,12 +337,6 @@ class _FileRegions:
         return nbytes, crc
 
 
-def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        return math.prod(series.shape), np.dtype(series.dtype)
-
-
 def _layout_record(layout: _Layout) -> dict[str, Any]:
     """Describe what the laid-out TIFF holds besides the pixels (compared on resume)."""
     return {
@@ -381,9 +372,14 @@ def _data_offset(path: Path, layout: _Layout) -> int:
 
 
 def _write_uncompressed(
-    final: Path, stack: Stack, data: da.Array, layout: _Layout, *, resume: bool, overwrite: bool
+    final: Path,
+    settings: dict[str, Any],
+    data: da.Array,
+    layout: _Layout,
+    *,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
-    settings = settings_of(stack, data, format="tiff", metadata=_layout_record(layout))
     with resumable_output(
         final,
         settings,
@@ -428,6 +424,7 @@ def _write_compressed(
     layout: _Layout,
     compression: str,
     *,
+    output: dict[str, Any],
     resume: bool,
     overwrite: bool,
 ) -> None:
@@ -460,8 +457,12 @@ def _write_compressed(
         else:
             array = open_aligned_array(scratch, data)
         store_resumable([(data, array, job)])
+
+        def commit(tmp: Path) -> None:  # recorded as `output`, made from this scratch array
+            commit_output(tmp, final, output, overwrite=overwrite, partial=job.settings)
+
         with (
-            atomic_output(final, overwrite=overwrite) as tmp,
+            atomic_output(final, overwrite=overwrite, commit=commit) as tmp,
             tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff,
         ):
             if data.ndim == 2:
@@ -576,12 +577,19 @@ def to_tiff(
     codec = _normalize_compression(compression)
     stack = _tiff_order(stack)
     layout = _layout(stack, ome=ome)
-    if resume and (done := finished_output(path, stack, probe=_probe, overwrite=overwrite)):
+    data = native_order(stack.data)
+    # what the finished TIFF holds, recorded with it (and the partial output's, uncompressed)
+    writer = {"compression": codec} if codec else {}
+    settings = settings_of(
+        stack, data, format="tiff", metadata=_layout_record(layout), writer=writer
+    )
+    if resume and (done := finished_output(path, settings, overwrite=overwrite)):
         return done
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
-    data = native_order(stack.data)
     if codec is None:
-        _write_uncompressed(final, stack, data, layout, resume=resume, overwrite=overwrite)
+        _write_uncompressed(final, settings, data, layout, resume=resume, overwrite=overwrite)
     else:
-        _write_compressed(final, stack, data, layout, codec, resume=resume, overwrite=overwrite)
+        _write_compressed(
+            final, stack, data, layout, codec, output=settings, resume=resume, overwrite=overwrite
+        )
     return final

@@ -16,7 +16,8 @@ import numpy as np
 
 from zchunk.errors import StackFormatError
 from zchunk.sinks._atomic import prepare_output
-from zchunk.sinks._resume import finished_output, resumable_output, settings_of, store_resumable
+from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
+from zchunk.sinks._settings import settings_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -117,10 +118,6 @@ class Writer(Protocol):
     @property
     def compressed(self) -> bool: ...
 
-    def probe(self, path: Path, /) -> tuple[int, np.dtype[Any]]:
-        """Return the pixel count and dtype of a finished output (to keep it on resume)."""
-        ...
-
     def settings(self, data: da.Array, /) -> tuple[dict[str, Any], dict[str, Any]]:
         """Return the (metadata, writer options) a partial output is resumed under."""
         ...
@@ -150,12 +147,12 @@ def write(
     Returns the absolute output path; raises as :func:`zchunk.sinks.save` says.
     """
     check_writable(stack)
-    if resume and (done := finished_output(path, stack, probe=writer.probe, overwrite=overwrite)):
-        return done
-    final = prepare_output(path, stack.attrs, overwrite=overwrite)
     data = regular_grid(native_order(stack.data))
     metadata, options = writer.settings(data)
     settings = settings_of(stack, data, format=writer.format, metadata=metadata, writer=options)
+    if resume and (done := finished_output(path, settings, overwrite=overwrite)):
+        return done
+    final = prepare_output(path, stack.attrs, overwrite=overwrite)
     with resumable_output(
         final,
         settings,

@@ -205,13 +205,6 @@ def store_blocks(data: da.Array, target: Any, root: Path) -> None:
     da.store(data, guarded, lock=False, compute=True)
 
 
-def _probe(path: Path) -> tuple[int, np.dtype[Any]]:
-    import zarr
-
-    array = zarr.open_array(path, mode="r")
-    return int(array.size), np.dtype(array.dtype)
-
-
 def _json_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
@@ -244,10 +237,6 @@ class ZarrWriter:
     format: str = "zarr"
     folder: bool = True
     compressed: bool = True
-
-    def probe(self, path: Path, /) -> tuple[int, np.dtype[Any]]:
-        """Return the pixel count and dtype of a finished output."""
-        return _probe(path)
 
     def settings(self, data: da.Array, /) -> tuple[dict[str, Any], dict[str, Any]]:
         """Return the metadata and writer options a partial output is resumed under."""
