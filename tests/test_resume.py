@@ -601,6 +601,55 @@ def test_resume_rewrites_a_damaged_shard_without_reading_it(tmp_path, writer, da
     assert tree(out) == tree(ref)
 
 
+def _lose_stored_block(final: Path, block: int, how: str) -> None:
+    """What a power cut can leave of block (0, block, 0) when its marker reached the disk.
+
+    A file system that persisted the marker but not the block's data shows zeros where the
+    data should be (an unwritten extent) or a file cut short (delayed allocation).
+    """
+    partial = partial_of(final)
+    if partial.is_file():
+        with tifffile.TiffFile(partial) as tif:
+            start = tif.series[0].dataoffset + block * 8 * 20 * 2
+        size = 8 * 20 * 2
+    else:
+        (partial,) = [p for p in partial_of(final).rglob(f"c/0/{block}/0") if p.is_file()]
+        start, size = 0, partial.stat().st_size
+    with open(partial, "r+b") as f:
+        if how == "stored bytes zeroed":
+            f.seek(start)
+            f.write(bytes(size))
+        else:
+            f.truncate(start)
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "tiff", "tiff-zlib"])
+@pytest.mark.parametrize("how", ["stored bytes zeroed", "stored file truncated"])
+def test_resume_recomputes_blocks_whose_data_did_not_reach_the_disk(tmp_path, writer, how):
+    # power loss: markers are not fsynced, nor are blocks; a marker that survived its block's
+    # data does not match what is stored (bytes, then crc32), so the block is computed again
+    stack, _ = make_stack(scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
+    ref = WRITERS[writer](stack, tmp_path / "ref")
+    work = tmp_path / "work"
+    cut = Interrupt(after=4)
+    stack = cut.wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        WRITERS[writer](stack, work)
+    final = work / FINAL[writer]
+    done = sorted(int(n.split(".")[1]) for n in os.listdir(blocks_dir(final)))
+    assert len(done) == 3
+    kept, lost = done[0], done[1]
+    _lose_stored_block(final, lost, how)
+    cut.counts.clear()
+    out = WRITERS[writer](stack, work, resume=True)
+    assert tree(out) == tree(ref)  # bit for bit
+    assert cut.counts[(0, lost, 0)] == 1  # the lost block was computed again
+    if writer == "tiff" and how == "stored file truncated":  # its page directories are gone:
+        assert sum(cut.counts.values()) == 5  # laid out again, every block computed again
+    else:
+        assert cut.counts[(0, kept, 0)] == 0  # the block before it was kept
+
+
 def test_a_block_without_marker_keeps_the_partial_output(tmp_path, monkeypatch):
     # completeness is checked before the rename: a block that was not recorded is redone
     from zchunk.sinks import _resume

@@ -4,8 +4,8 @@ Every sink writes into a temporary sibling of the output (same folder, so the fi
 never crosses a file system) and renames it onto the output name only once everything is
 written. Whatever goes wrong before that, ``KeyboardInterrupt`` included, the temporary is
 removed and the exception re-raised, so a failed run leaves neither a half-written output nor
-litter. Atomicity is against the failure of the writing process, not against power loss: files
-are not ``fsync``-ed.
+litter. Resumable outputs are also flushed to disk before they are recorded and renamed (see
+:mod:`zchunk.sinks._done`); other temporaries are not ``fsync``-ed.
 """
 
 from __future__ import annotations

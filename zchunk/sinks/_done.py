@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["DONE_SUFFIX", "commit_output", "done_path", "finished_reason", "read_done"]
+__all__ = [
+    "DONE_SUFFIX",
+    "commit_output",
+    "done_path",
+    "finished_reason",
+    "read_done",
+    "sync_tree",
+]
 
 #: Suffix of the record of a finished output (after a leading dot and the output's name).
 DONE_SUFFIX = ".zchunk-done"
@@ -103,9 +110,12 @@ def commit_output(
 
     `partial` is the settings of the partial output the output was made from when that is not
     `done` itself (the scratch array of a compressed TIFF): a resume that finds it left over
-    deletes it. If the rename fails, the record is removed.
+    deletes it. If the rename fails, the record is removed. The output is flushed to disk
+    (fsync) before its record is written, and its folder after the rename, so that after a
+    power cut its name holds either the complete output or nothing new.
     """
     record = done_path(final)
+    sync_tree(done)  # the pixels on disk before a record vouches for them (power loss)
     value = {"settings": dict(settings), "output": output_identity(done), "partial": partial}
     _write_json_atomically(record, value)
     try:
@@ -113,6 +123,20 @@ def commit_output(
     except BaseException:
         remove_path(record)
         raise
+    sync_tree(final.parent, recursive=False)  # the new name
+
+
+def sync_tree(path: Path, *, recursive: bool = True) -> None:
+    """Flush file `path`, or folder `path` with every file and folder in it, to disk."""
+    paths = [path]
+    if recursive and path.is_dir():
+        paths += sorted(path.rglob("*"))
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_done(final: Path) -> dict[str, Any] | None:

@@ -59,6 +59,7 @@ from zchunk.sinks._done import (
     forget_orphan,
     read_done,
     stale_record_names,
+    sync_tree,
 )
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._markers import stored_digest, verified, write_marker
@@ -196,7 +197,7 @@ class PartialWrite:
         """
         if self.record.is_dir():
             return
-        _sync(self.partial)
+        sync_tree(self.partial)
         _write_record(self.record, self.settings)
 
     def align(self, data: da.Array) -> da.Array:
@@ -225,17 +226,6 @@ def _start(partial: Path, *, folder: bool) -> None:
     """Create a fresh partial folder; its record is made once it is laid out."""
     if folder:
         partial.mkdir()
-
-
-def _sync(path: Path) -> None:
-    """Flush file `path`, or every file of folder `path` (its layout: metadata only), to disk."""
-    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _begin(

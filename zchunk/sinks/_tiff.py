@@ -390,9 +390,15 @@ def _write_uncompressed(
         compressed=False,
     ) as job:
         data = job.align(data)
+        offset = None
+        if not job.fresh and job.done:
+            try:
+                offset = _data_offset(job.partial, layout)
+            except PartialOutputError:  # cut short (a power cut): nothing in it is kept
+                job.done = set()
         # with no block done yet, the partial file holds nothing to keep: a run killed before
         # tifffile finished its header left it empty or cut, so it is laid out again
-        if job.fresh or not job.done:
+        if offset is None:
             located = tifffile.imwrite(
                 job.partial,
                 None,
@@ -405,8 +411,6 @@ def _write_uncompressed(
                 msg = f"tifffile did not write {job.partial} contiguously"
                 raise RuntimeError(msg)
             offset = int(located[0])
-        else:
-            offset = _data_offset(job.partial, layout)
         regions = _FileRegions(os.fspath(job.partial), offset, layout.shape, layout.dtype)
         store_resumable([(data, regions, job)])
         job.commit(overwrite=overwrite)
