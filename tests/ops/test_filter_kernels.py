@@ -60,6 +60,42 @@ def test_store_rounded_is_cast_rounded():
         np.testing.assert_array_equal(out[0], cast_rounded(a, dtype))
 
 
+def test_store_rounded_of_float64_is_cast_rounded_up_to_32_bits():
+    # float64 gradient magnitudes are rounded by the compiled pass too, 32-bit targets exactly
+    a = np.concatenate([np.arange(-10, 10, 0.25), [np.nan, np.inf, -np.inf, 1e12, -1e12]])
+    a = np.concatenate([a, [4294967294.5, 2147483646.5, 2**31 + 0.5, 16777217.5, 65535.5]])
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
+        info = np.iinfo(dtype)
+        out = np.empty((2, a.size - 1), dtype)
+        K.store_rounded(np.stack([a, a[::-1]]), 0, 1, float(info.min), float(info.max), out)
+        np.testing.assert_array_equal(out[0], cast_rounded(a[1:], dtype))
+        np.testing.assert_array_equal(out[1], cast_rounded(a[::-1][1:], dtype))
+
+
+def test_one_engine_per_region_for_per_plane_filters(monkeypatch):
+    # a per-plane filter runs one engine over every plane of its region: its rings and work
+    # planes are allocated (first touched) once, not once per plane
+    import dask.array as da
+
+    import zchunk
+    from zchunk.ops import _filter_stream
+
+    made = []
+
+    class Counted(PlaneFilter):
+        def __init__(self, *args, **kwargs):
+            made.append(args[1])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_filter_stream, "PlaneFilter", Counted)
+    a = np.arange(6 * 9 * 11, dtype=np.uint16).reshape(6, 9, 11) % 97
+    got = zchunk.filter(zchunk.Stack(da.from_array(a, chunks=a.shape)), "sobel")
+    got = got.data.compute(scheduler="synchronous")
+    assert made == [1]
+    ref = [np.hypot(ndimage.sobel(p, 0), ndimage.sobel(p, 1)) for p in a.astype(np.float64)]
+    np.testing.assert_allclose(got, np.stack(ref), rtol=1e-6)
+
+
 @pytest.mark.parametrize("nz", [1, 2, 5, 6, 11, 23])  # group edges, z thinner than the kernel
 @pytest.mark.parametrize("mode", MODES)
 def test_ring_along_z_is_a_correlation_along_z(nz, mode, rng):

@@ -283,14 +283,9 @@ def correlate_z_group(
 
 
 @_jit
-def store_rounded(
+def _store_rounded32(
     src: NDArray[np.float32], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
 ) -> None:
-    """``out = clip(rint(src[r0:, c0:]), lo, hi)`` cast to out's integer dtype; NaN gives 0.
-
-    For 8- and 16-bit targets (|v| < 2**22 after clipping).
-    :func:`zchunk.ops.projection.cast_rounded` on a float32 plane, without temporaries.
-    """
     height, width = out.shape
     low = np.float32(lo)
     high = np.float32(hi)
@@ -304,6 +299,38 @@ def store_rounded(
             v = min(v, high)
             v = np.float32(0.0) if np.isnan(v) else v
             o[x] = (v + magic) - magic
+
+
+@_jit
+def _store_rounded64(
+    src: NDArray[np.float64], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
+) -> None:
+    height, width = out.shape
+    magic = 1.5 * 2.0**52  # v + magic - magic rounds |v| < 2**51 half to even
+    for y in range(height):
+        s = src[r0 + y]
+        o = out[y]
+        for x in range(width):
+            v = s[c0 + x]
+            v = max(v, lo)
+            v = min(v, hi)
+            v = 0.0 if np.isnan(v) else v
+            o[x] = (v + magic) - magic
+
+
+def store_rounded(
+    src: NDArray[Any], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
+) -> None:
+    """``out = clip(rint(src[r0:, c0:]), lo, hi)`` cast to out's integer dtype; NaN gives 0.
+
+    float32 `src` for 8- and 16-bit targets, float64 for targets up to 32 bits (the bounds
+    are then exact in `src`'s type, and so is the rounding).
+    :func:`zchunk.ops.projection.cast_rounded` on a plane, without temporaries.
+    """
+    if src.dtype == np.float64:
+        _store_rounded64(src, r0, c0, lo, hi, out)
+    else:
+        _store_rounded32(src, r0, c0, lo, hi, out)
 
 
 @_jit

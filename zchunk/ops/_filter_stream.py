@@ -105,7 +105,8 @@ def store_plane(
     """Write the `trim` part of a filtered float32 plane into `out`, cast to `dtype`."""
     if plane.dtype == dtype:
         out[...] = plane[trim]
-    elif dtype.kind in "iu" and dtype.itemsize <= 2 and plane.dtype == np.float32:
+    elif dtype.kind in "iu" and dtype.itemsize <= plane.dtype.itemsize // 2:
+        # float32 to 8/16-bit, float64 to 8/16/32-bit: rounded in one compiled pass
         info = np.iinfo(dtype)
         rows, cols = trim
         store_rounded(plane, rows.start, cols.start, float(info.min), float(info.max), out)
@@ -186,8 +187,10 @@ def filtered_planes(
     nz = shape[-3] if zs is not None else 1
     keep = zs if zs is not None else slice(0, 1)
     stream = iter(planes)
+    # one engine for every run: its rings and work planes are allocated (and first touched)
+    # once per region, not once per plane of a per-plane filter
+    engine = make(nz, (shape[-2], shape[-1]), in_dtype, float64)
     for _ in range(math.prod(shape[:-2]) // nz):
-        engine = make(nz, (shape[-2], shape[-1]), in_dtype, float64)
         for k, plane in engine.run(itertools.islice(stream, nz)):
             if keep.start <= k < keep.stop:
                 yield plane

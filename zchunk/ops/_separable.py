@@ -246,10 +246,13 @@ class PlaneFilter:
                 self._z_group(ring, term.z, k0, n)
             for b in range(n):
                 source = self.zbuf[b] if term.z is not None else ring[(k0 + b) % self.depth]
-                target = self.out[b] if single else self.term_out
-                self._passes(source, term.after, target)
                 if single:
+                    self._passes(source, term.after, self.out[b])
                     continue
+                target = source
+                if term.after or source.dtype != np.float32:  # else: no copy to combine it
+                    target = self.term_out
+                    self._passes(source, term.after, target)
                 if self.acc is not None:
                     K.add_squares(self.acc[b], target, t == 0)
                 elif t == 0:
