@@ -151,3 +151,64 @@ def test_running_min_max_is_scipys_bit_for_bit(dtype, sizes, mode, is_max, rng):
         for k, plane in engine.run(iter(a)):
             got[k] = plane
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32])
+@pytest.mark.parametrize(
+    "sizes", [(1, 3, 3), (3, 3, 3), (3, 1, 3), (1, 5, 5), (1, 1, 3), (1, 3, 9)]
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_median_network_is_scipys_bit_for_bit(dtype, sizes, mode, rng):
+    from zchunk.ops._median_kernels import MedianFilter
+
+    info = np.iinfo(dtype)
+    # one plane, z thinner than the window, x narrower than the window, a row wider than a tile
+    for shape in [(1, 4, 2), (2, 5, 7), (4, 12, 9), (3, 6, 700)]:
+        a = rng.integers(max(info.min, -900), min(info.max, 900), shape).astype(dtype)
+        for values in (a, a // 64):  # distinct values and many ties
+            ref = ndimage.median_filter(values, size=sizes, mode=mode, cval=7)
+            engine = MedianFilter(sizes, mode, 7, shape[0], shape[1:], values.dtype)
+            got = np.empty_like(values)
+            for k, plane in engine.run(iter(values)):
+                got[k] = plane
+            np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "size", "mode", "streams"),
+    [
+        (np.uint16, 3, "reflect", True),
+        (np.uint8, 3, "constant", True),
+        (np.int32, (1, 5, 5), "mirror", True),
+        (np.uint16, 5, "reflect", False),  # 125 pixels: scipy
+        (np.uint16, 4, "nearest", False),  # even: scipy
+        (np.float32, 3, "reflect", False),  # NaN has no order: scipy
+        (np.int64, 3, "reflect", False),  # scipy compares int64 in float64
+    ],
+)
+def test_median_streams_small_odd_integer_windows(dtype, size, mode, streams, rng):
+    import dask.array as da
+
+    import zchunk
+    from zchunk.ops._filter_stream import streamer
+    from zchunk.ops.filters import _Spec
+
+    a = rng.integers(0, 200, (5, 13, 17)).astype(dtype)
+    sizes = (size,) * 3 if isinstance(size, int) else size
+    spec = _Spec("median", (0, 1, 2), (0.0,) * 3, sizes, mode, 0.0, 4.0, np.dtype(dtype), None)
+    assert (streamer(spec) is not None) == streams
+    stack = zchunk.Stack(da.from_array(a, chunks=(5, 7, 9)))
+    got = zchunk.filter(stack, "median", size=size, mode=mode).data.compute()
+    np.testing.assert_array_equal(got, ndimage.median_filter(a, size=sizes, mode=mode))
+
+
+def test_min_max_with_a_cval_outside_the_dtype_use_scipy(rng):
+    import dask.array as da
+
+    import zchunk
+
+    a = rng.integers(0, 200, (3, 9, 11)).astype(np.uint8)
+    stack = zchunk.Stack(da.from_array(a, chunks=(3, 5, 11)))
+    for name, func in (("minimum", ndimage.minimum_filter), ("median", ndimage.median_filter)):
+        got = zchunk.filter(stack, name, size=3, mode="constant", cval=-1).data.compute()
+        np.testing.assert_array_equal(got, func(a, size=3, mode="constant", cval=-1))

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from zchunk.ops._filter_kernels import store_rounded
-from zchunk.ops._rank_kernels import MinMaxFilter
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
 from zchunk.ops.projection import cast_rounded
 
@@ -115,7 +114,7 @@ def store_plane(
 
 
 class Engine(Protocol):
-    """Filters the planes of one run along z: :class:`PlaneFilter` or :class:`MinMaxFilter`."""
+    """Filters the planes of one run along z: a PlaneFilter, MinMaxFilter or MedianFilter."""
 
     def run(self, planes: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(k, filtered plane k)`` in order."""
@@ -126,26 +125,45 @@ class Engine(Protocol):
 type EngineFactory = Callable[[int, tuple[int, int], np.dtype[Any], bool], Engine]
 
 
-_STREAMED_RANK = frozenset(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "f4", "f8"))
+_INTEGERS = ("u1", "i1", "u2", "i2", "u4", "i4")
+_STREAMED_RANK = frozenset(np.dtype(t) for t in (*_INTEGERS, "f4", "f8"))
+_STREAMED_MEDIAN = frozenset(np.dtype(t) for t in _INTEGERS)
+
+
+def _exact_cval(spec: _Spec) -> bool:
+    """Whether the work dtype holds the border value exactly (always, but for "constant")."""
+    if spec.mode != "constant":
+        return True
+    if spec.work.kind in "iu":
+        info = np.iinfo(spec.work)
+        if not (info.min <= spec.cval <= info.max):
+            return False
+    return float(spec.work.type(spec.cval)) == spec.cval
 
 
 def streamer(spec: _Spec) -> EngineFactory | None:
     """Return what filters a run of planes for this spec, or None if it does not stream.
 
-    Separable linear filters (float32 work) and minimum/maximum of 8- to 32-bit integers and
-    floats, with a cval the dtype holds exactly (scipy compares in float64: such a cval
-    compares the same in the input dtype).
+    Separable linear filters (float32 work), minimum/maximum of 8- to 32-bit integers and
+    floats, and medians of odd windows of at most 27 pixels of 8- to 32-bit integers, with a
+    cval the dtype holds exactly (scipy compares in float64: such a cval compares the same
+    in the input dtype).
     """
     sep = separable(spec)
     if sep is not None:
         return functools.partial(_plane_filter, sep)
-    if spec.name not in ("minimum", "maximum") or spec.work not in _STREAMED_RANK:
-        return None
-    if spec.mode == "constant" and float(spec.work.type(spec.cval)) != spec.cval:
-        return None
     size = spec.size
     sizes = (size[-3] if len(spec.axes) == 3 else 1, size[-2], size[-1])
-    return functools.partial(_min_max, sizes, spec.mode, spec.cval, spec.name == "maximum")
+    if not _exact_cval(spec):
+        return None
+    if spec.name in ("minimum", "maximum") and spec.work in _STREAMED_RANK:
+        return functools.partial(_min_max, sizes, spec.mode, spec.cval, spec.name == "maximum")
+    if spec.name == "median" and spec.work in _STREAMED_MEDIAN:
+        from zchunk.ops._median_kernels import MAX_WINDOW
+
+        if all(s % 2 for s in sizes) and math.prod(sizes) <= MAX_WINDOW:
+            return functools.partial(_median, sizes, spec.mode, spec.cval)
+    return None
 
 
 def _plane_filter(
@@ -164,7 +182,23 @@ def _min_max(
     dtype: np.dtype[Any],
     float64: bool,
 ) -> Engine:
+    from zchunk.ops._rank_kernels import MinMaxFilter  # numba: loaded by the filters using it
+
     return MinMaxFilter(sizes, mode, cval, is_max, nz, shape, dtype)
+
+
+def _median(
+    sizes: tuple[int, int, int],
+    mode: str,
+    cval: float,
+    nz: int,
+    shape: tuple[int, int],
+    dtype: np.dtype[Any],
+    float64: bool,
+) -> Engine:
+    from zchunk.ops._median_kernels import MedianFilter
+
+    return MedianFilter(sizes, mode, cval, nz, shape, dtype)
 
 
 def filtered_planes(

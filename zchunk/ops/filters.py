@@ -50,8 +50,10 @@ split, and z is never touched) until every chunk is at least as deep as the halo
 output keeps the input's chunks and the graph has no rechunk.
 
 Minimum and maximum (8- to 32-bit integers, float32/64) stream the same way with running
-van Herk / Gil-Werman minima (:mod:`zchunk.ops._rank_kernels`), bit-exact with scipy; median
-uses scipy's ``median_filter``.
+van Herk / Gil-Werman minima (:mod:`zchunk.ops._rank_kernels`), bit-exact with scipy; so do
+medians of 8- to 32-bit integers over odd windows of at most 27 pixels (3 x 3, 3 x 3 x 3, 5 x
+5, ...: a selection network, :mod:`zchunk.ops._median_kernels`); other medians use scipy's
+``median_filter``.
 
 A task of a freshly opened TIFF stack streams its region (band and halo, whole z) plane by plane
 through the separable and min/max filters: it holds a ring of ``2r + 1`` planes (r: the z radius) and its
