@@ -143,3 +143,28 @@ def test_the_command_starts_no_blas_thread_pool(tiff):
     env["OPENBLAS_NUM_THREADS"] = "2"  # the user's setting is kept
     out = subprocess.run(run, check=True, capture_output=True, text=True, env=env)
     assert out.stdout.split()[-2:] == ["2", "2"]
+
+
+def test_ops_modules_import_each_other_one_way():
+    # filters.py <-> _filter_stream.py was a real circle (the stream called back into filters)
+    from pathlib import Path
+
+    import zchunk.ops
+
+    folder = Path(zchunk.ops.__file__).parent
+    graph = {f"zchunk.ops.{p.stem}": _zchunk_imports(p) for p in folder.glob("[!_]*.py")}
+    graph |= {f"zchunk.ops.{p.stem}": _zchunk_imports(p) for p in folder.glob("_[!_]*.py")}
+    order: list[str] = []
+
+    def visit(module, path):
+        assert module not in path, " -> ".join([*path, module])
+        if module in order or module not in graph:
+            return
+        for dep in graph[module]:
+            visit(dep, [*path, module])
+        order.append(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert {"zchunk.ops.filters", "zchunk.ops._filter_stream"} <= set(order)
+    assert not any(m.startswith(("zchunk.io", "zchunk.sinks")) for d in graph.values() for m in d)

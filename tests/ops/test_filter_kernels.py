@@ -190,8 +190,8 @@ def test_median_streams_small_odd_integer_windows(dtype, size, mode, streams, rn
     import dask.array as da
 
     import zchunk
+    from zchunk.ops._filter_spec import Spec as _Spec
     from zchunk.ops._filter_stream import streamer
-    from zchunk.ops.filters import _Spec
 
     a = rng.integers(0, 200, (5, 13, 17)).astype(dtype)
     sizes = (size,) * 3 if isinstance(size, int) else size

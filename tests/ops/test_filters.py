@@ -548,8 +548,9 @@ class _PlanesOnly:
     ("name", "params"), [("gaussian", {"sigma": 2}), ("sobel", {}), ("laplace", {})]
 )
 def test_region_tasks_stream_planes(name, params):
+    from zchunk.ops._filter_spec import Spec as _Spec
+    from zchunk.ops._filter_stream import filter_region as _filter_region
     from zchunk.ops._filter_stream import separable
-    from zchunk.ops.filters import _filter_region, _Spec
 
     a = blobs((2, 6, 30, 33), np.uint16, seed=3)
     reader = _PlanesOnly(a)

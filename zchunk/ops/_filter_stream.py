@@ -15,12 +15,12 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from zchunk.ops._filter_kernels import store_rounded
+from zchunk.ops._filter_spec import REGISTRY
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
 from zchunk.ops.projection import cast_rounded
 
@@ -28,12 +28,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from zchunk._source import Source
-    from zchunk.chunking import Purpose
-    from zchunk.ops.filters import _Spec
-    from zchunk.stack import Stack
+    from zchunk.ops._filter_spec import Spec
 
 __all__ = [
-    "FilteredSource",
+    "filter_block",
+    "filter_region",
     "filtered_planes",
     "halo_region",
     "separable",
@@ -45,7 +44,7 @@ __all__ = [
 _EDGE_WEIGHTS = {"sobel": (1.0, 2.0, 1.0), "prewitt": (1.0, 1.0, 1.0)}
 
 
-def separable(spec: _Spec) -> Separable | None:
+def separable(spec: Spec) -> Separable | None:
     """Return the filter as scipy's 1-D passes, or None when it has none (rank filters).
 
     The filtered axes of a block are its last two (y, x), preceded by z in 3-D.
@@ -130,7 +129,7 @@ _STREAMED_RANK = frozenset(np.dtype(t) for t in (*_INTEGERS, "f4", "f8"))
 _STREAMED_MEDIAN = frozenset(np.dtype(t) for t in _INTEGERS)
 
 
-def _exact_cval(spec: _Spec) -> bool:
+def _exact_cval(spec: Spec) -> bool:
     """Whether the work dtype holds the border value exactly (always, but for "constant")."""
     if spec.mode != "constant":
         return True
@@ -141,7 +140,7 @@ def _exact_cval(spec: _Spec) -> bool:
     return float(spec.work.type(spec.cval)) == spec.cval
 
 
-def streamer(spec: _Spec) -> EngineFactory | None:
+def streamer(spec: Spec) -> EngineFactory | None:
     """Return what filters a run of planes for this spec, or None if it does not stream.
 
     Separable linear filters (float32 work), minimum/maximum of 8- to 32-bit integers and
@@ -249,7 +248,7 @@ def stream_planes(
     return out
 
 
-def stream_block(block: np.ndarray, spec: _Spec, make: EngineFactory) -> np.ndarray:
+def stream_block(block: np.ndarray, spec: Spec, make: EngineFactory) -> np.ndarray:
     """Filter an in-memory block with the plane stream (z whole in the block)."""
     shape = block.shape
     planes = np.ascontiguousarray(block).reshape(-1, shape[-2], shape[-1])
@@ -278,91 +277,35 @@ def halo_region(
     return region, trim
 
 
-@dataclass(frozen=True, slots=True)
-class FilteredSource:
-    """The Source of a stack filtered straight from a file: reads and streams filtered pixels.
+def filter_block(block: np.ndarray, *, spec: Spec) -> np.ndarray:
+    make = streamer(spec)
+    if make is not None and block.size:
+        return stream_block(block, spec, make)
+    result = REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
+    if spec.out is None:
+        return result
+    # the filter's output is our own temporary: round it in place (no extra copy)
+    return cast_rounded(result, spec.out, inplace=result is not block)
 
-    `source` is the file's Source, `shape` and `radius` the input's shape and the halo per
-    axis, `call` the ``filter`` arguments (to filter a reopened input again).
+
+def filter_region(
+    source: Source,
+    region: tuple[slice, ...],
+    trim: tuple[slice, ...],
+    spec: Spec,
+    in_dtype: np.dtype[Any],
+) -> np.ndarray:
+    """Read `region` (a chunk and its halo), filter it, and keep the chunk.
+
+    Separable filters of a source that streams read the region plane by plane
+    (:func:`_stream_planes`): the task holds the ring of planes and its output chunk, never
+    the read chunk.
     """
-
-    name: str
-    source: Source
-    spec: _Spec
-    shape: tuple[int, ...]
-    radius: tuple[tuple[int, int], ...]
-    in_dtype: np.dtype[Any]
-    call: tuple[tuple[str, Any], ...]
-    purpose: Purpose
-
-    @property
-    def reads_regions(self) -> bool:
-        """Always: each task reads its region (and halo) from the file and filters it."""
-        return True
-
-    @property
-    def streams(self) -> bool:
-        """Whether :meth:`planes` streams (a separable filter of a file that streams)."""
-        return self.source.streams and streamer(self.spec) is not None
-
-    @property
-    def row_align(self) -> int:
-        """The file's: bands of the filtered stack are bands of the file."""
-        return self.source.row_align
-
-    @property
-    def plane_copies(self) -> int:
-        """Memory of a streamed plane, in planes of the result: the ring and the work planes."""
-        sep = separable(self.spec)
-        if sep is not None:  # ring, work planes (float32), magnitudes' float64 sums
-            return 2 * sep.reach("z") + 4 + 12 * (2 if sep.combine == "magnitude" else 1)
-        return 2 * max(self.spec.size) + 4  # minimum/maximum: ring, van Herk lines
-
-    def _grown(self, region: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-        return halo_region(region, self.shape, dict(self.radius))
-
-    def read(self, region: tuple[slice, ...], /) -> np.ndarray:
-        """Return the filtered pixels of `region`."""
-        from zchunk.ops.filters import _filter_region
-
-        grown, trim = self._grown(region)
-        return _filter_region(self.source, grown, trim, self.spec, self.in_dtype)
-
-    def planes(self, region: tuple[slice, ...], /) -> Iterator[np.ndarray]:
-        """Yield the filtered (rows, columns) planes of `region` in order, one at a time."""
-        make = streamer(self.spec)
-        if make is None:
-            block = self.read(region)
-            yield from block.reshape(-1, *block.shape[-2:])
-            return
-        grown, trim = self._grown(region)
-        shape = tuple(s.stop - s.start for s in grown)
-        dtype = np.dtype(self.spec.out or self.spec.work)
-        out = np.empty((trim[-2].stop - trim[-2].start, trim[-1].stop - trim[-1].start), dtype)
-        zs = trim[-3] if len(self.spec.axes) == 3 else None
-        stream = self.source.planes(grown)
-        float64 = dtype.kind in "iu"
-        for plane in filtered_planes(stream, make, shape, self.in_dtype, zs, float64=float64):
-            store_plane(plane, (trim[-2], trim[-1]), out, dtype)
-            yield out
-
-    def bands(self, region: tuple[slice, ...], rows: int, /) -> Iterator[np.ndarray]:
-        """Yield `region` as (planes, rows, columns) bands of `rows` rows (filtered as one block)."""
-        block = self.read(region)
-        planes = block.reshape(-1, *block.shape[-2:])  # as a file's bands: (planes, rows, cols)
-        for a in range(0, block.shape[-2], max(rows, 1)):
-            yield planes[:, a : a + max(rows, 1), :]
-
-    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
-        """Open the input again with `whole` held whole, and filter it the same way.
-
-        The input's chunks are planned for this filter (`purpose`, a projection's say, does
-        not apply to the input of a filter), so the filter keeps them.
-        """
-        from zchunk.ops.filters import filter as filter_
-
-        # a 3-D filter needs z whole too (it would reopen the input with z whole only)
-        if len(self.spec.axes) == 3 and "z" not in whole:
-            whole += "z"
-        fresh = self.source.reopen(whole=whole, purpose=self.purpose)
-        return filter_(fresh, **dict(self.call))
+    make = streamer(spec)
+    if make is not None and source.streams:
+        shape = tuple(s.stop - s.start for s in region)
+        out = np.empty(tuple(s.stop - s.start for s in trim), dtype=spec.out or spec.work)
+        three_d = len(spec.axes) == 3
+        return stream_planes(source.planes(region), make, shape, in_dtype, trim, three_d, out)
+    block: np.ndarray = filter_block(source.read(region), spec=spec)[trim]
+    return np.ascontiguousarray(block)

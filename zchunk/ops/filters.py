@@ -69,30 +69,40 @@ rechunks when a halo is deeper than a chunk.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
-from scipy import ndimage
 
 from zchunk._graph import from_tasks
 from zchunk._types import FILTERS, MODES
 from zchunk.chunking import Purpose
 from zchunk.errors import ChunkingError, OptionError
+from zchunk.ops._filter_spec import (
+    RANK_DTYPES,
+    REGISTRY,
+    SPATIAL,
+    Spec,
+    check_kernel,
+    check_params,
+    check_sigma,
+    check_size,
+    halo_pixels,
+    halo_radius,
+)
 from zchunk.ops._filter_stream import (
-    FilteredSource,
+    filter_block,
+    filter_region,
+    filtered_planes,
     halo_region,
-    stream_block,
-    stream_planes,
+    separable,
+    store_plane,
     streamer,
 )
-from zchunk.ops.projection import cast_rounded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Iterator, Sequence
 
     from numpy.typing import DTypeLike
 
@@ -100,276 +110,7 @@ if TYPE_CHECKING:
     from zchunk._types import FilterName, Mode
     from zchunk.stack import Stack
 
-__all__ = ["FILTERS", "MODES", "filter"]
-
-
-_SPATIAL = "zyx"
-_RANK_DTYPES = frozenset(np.dtype(t) for t in np.typecodes["AllInteger"] + "fd")
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """Everything a task needs to filter one block (small and picklable)."""
-
-    name: str
-    axes: tuple[int, ...]  # filtered axes, indices into the block, ascending
-    sigma: tuple[float, ...]  # per block axis, 0 where not filtered (sigma filters)
-    size: tuple[int, ...]  # per block axis, 1 where not filtered (size filters)
-    mode: str
-    cval: float
-    truncate: float
-    work: np.dtype[Any]
-    out: np.dtype[Any] | None
-
-
-# kernels: (block in the working dtype, spec) -> filtered block -------------------------------
-
-
-def _gaussian(values: np.ndarray, spec: _Spec) -> np.ndarray:
-    out: np.ndarray = ndimage.gaussian_filter(
-        values, spec.sigma, mode=spec.mode, cval=spec.cval, truncate=spec.truncate
-    )
-    return out
-
-
-def _gaussian_gradient_magnitude(values: np.ndarray, spec: _Spec) -> np.ndarray:
-    out: np.ndarray = ndimage.gaussian_gradient_magnitude(
-        values, spec.sigma, mode=spec.mode, cval=spec.cval, axes=spec.axes, truncate=spec.truncate
-    )
-    return out
-
-
-def _edge_magnitude(values: np.ndarray, spec: _Spec, *, smooth: tuple[int, ...]) -> np.ndarray:
-    """Scipy's sobel/prewitt along each filtered axis, smoothing only along the filtered axes."""
-    derivatives = []
-    for axis in spec.axes:
-        d = ndimage.correlate1d(values, [-1, 0, 1], axis, mode=spec.mode, cval=spec.cval)
-        for other in spec.axes:
-            if other != axis:
-                ndimage.correlate1d(d, smooth, other, output=d, mode=spec.mode, cval=spec.cval)
-        derivatives.append(d)
-    magnitude: np.ndarray = functools.reduce(np.hypot, derivatives)
-    return magnitude
-
-
-def _laplace(values: np.ndarray, spec: _Spec) -> np.ndarray:
-    out: np.ndarray = ndimage.laplace(values, mode=spec.mode, cval=spec.cval, axes=spec.axes)
-    return out
-
-
-def _sized(func: Callable[..., np.ndarray]) -> Callable[[np.ndarray, _Spec], np.ndarray]:
-    def kernel(values: np.ndarray, spec: _Spec) -> np.ndarray:
-        return func(values, size=spec.size, mode=spec.mode, cval=spec.cval)
-
-    return kernel
-
-
-@dataclass(frozen=True, slots=True)
-class _Filter:
-    kernel: Callable[[np.ndarray, _Spec], np.ndarray]
-    param: Literal["sigma", "size"] | None
-    rank: bool = False  # exact in any dtype: keeps the input dtype
-    per_plane: bool = False  # default of per_plane=None
-    extras: tuple[str, ...] = ("cval",)
-
-
-_REGISTRY: dict[str, _Filter] = {
-    "gaussian": _Filter(_gaussian, "sigma", extras=("truncate", "cval")),
-    "sobel": _Filter(functools.partial(_edge_magnitude, smooth=(1, 2, 1)), None, per_plane=True),
-    "prewitt": _Filter(functools.partial(_edge_magnitude, smooth=(1, 1, 1)), None, per_plane=True),
-    "laplace": _Filter(_laplace, None),
-    "gaussian_gradient_magnitude": _Filter(
-        _gaussian_gradient_magnitude, "sigma", extras=("truncate", "cval")
-    ),
-    "median": _Filter(_sized(ndimage.median_filter), "size", rank=True),
-    "uniform": _Filter(_sized(ndimage.uniform_filter), "size"),
-    "minimum": _Filter(_sized(ndimage.minimum_filter), "size", rank=True),
-    "maximum": _Filter(_sized(ndimage.maximum_filter), "size", rank=True),
-}
-assert set(_REGISTRY) == set(FILTERS)
-
-
-def _filter_block(block: np.ndarray, *, spec: _Spec) -> np.ndarray:
-    make = streamer(spec)
-    if make is not None and block.size:
-        return stream_block(block, spec, make)
-    result = _REGISTRY[spec.name].kernel(block.astype(spec.work, copy=False), spec)
-    if spec.out is None:
-        return result
-    # the filter's output is our own temporary: round it in place (no extra copy)
-    return cast_rounded(result, spec.out, inplace=result is not block)
-
-
-# validation -----------------------------------------------------------------------------------
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _per_axis(name: str, param: str, value: Any, letters: str) -> tuple[Any, ...]:
-    """Spread a scalar over the filtered axes, or check a sequence has one value per axis."""
-    if isinstance(value, np.ndarray):
-        value = value.item() if value.ndim == 0 else tuple(value.tolist())
-    if not isinstance(value, (tuple, list)):
-        return (value,) * len(letters)
-    values = tuple(value)
-    if len(values) != len(letters):
-        msg = (
-            f"{param}={value!r} has {len(values)} values but {name} filters {len(letters)} "
-            f"axes ({', '.join(letters)}): give one value for all or one per axis"
-        )
-        raise OptionError(msg)
-    return values
-
-
-def _check_sigma(name: str, sigma: Any, letters: str) -> tuple[float, ...]:
-    sigmas = _per_axis(name, "sigma", sigma, letters)
-    everywhere = name == "gaussian_gradient_magnitude"  # a derivative needs smoothing
-    if all(_is_real(s) and math.isfinite(float(s)) and float(s) >= 0 for s in sigmas):
-        positive = [float(s) > 0 for s in sigmas]
-        if all(positive) or (any(positive) and not everywhere):
-            return tuple(float(s) for s in sigmas)
-    if everywhere:
-        need = "a positive number of pixels along every filtered axis"
-    elif isinstance(sigma, (tuple, list, np.ndarray)) and len(sigmas) > 1:
-        need = "numbers of pixels >= 0, at least one > 0"
-    else:
-        need = "a positive number of pixels"
-    msg = f"sigma={sigma!r} is invalid for {name}: give {need}, e.g. sigma=2"
-    raise OptionError(msg)
-
-
-def _check_size(name: str, size: Any, letters: str) -> tuple[int, ...]:
-    sizes = _per_axis(name, "size", size, letters)
-    if all(_is_int(s) and int(s) >= 1 for s in sizes):
-        return tuple(int(s) for s in sizes)
-    msg = (
-        f"size={size!r} is invalid for {name}: give a positive whole number of pixels, e.g. size=3"
-    )
-    raise OptionError(msg)
-
-
-def _check_kernel(
-    name: str,
-    stack: Stack,
-    letters: str,
-    sigmas: tuple[float, ...],
-    sizes: tuple[int, ...],
-    truncate: float,
-) -> None:
-    """Refuse a kernel larger than the data, before anything is allocated.
-
-    A Gaussian's 1-D weights (float64, 2 * truncate * sigma + 1 of them) must not outweigh the
-    stack; a rank or uniform window must not hold more pixels than the stack, nor be wider
-    than twice an axis (beyond that the reflected image repeats).
-    """
-    shape = {a: int(stack.data.shape[stack.axis(a)]) for a in letters}
-    data = max(int(stack.data.nbytes), 1 << 20)
-    if sigmas:
-        width = max(2 * int(truncate * s + 0.5) + 1 for s in sigmas)
-        if 8 * width > data:
-            msg = (
-                f"sigma={max(sigmas):g} is too large for {name} on a stack of shape "
-                f"{tuple(stack.data.shape)}: its kernel ({width} pixels) outweighs the data; "
-                "use a sigma below the image size"
-            )
-            raise OptionError(msg)
-    if sizes:
-        wide = [a for a, s in zip(letters, sizes, strict=True) if s > 2 * shape[a] + 1]
-        if wide or math.prod(sizes) > int(stack.data.size):
-            msg = (
-                f"size={sizes if len(set(sizes)) > 1 else sizes[0]} is too large for {name} on "
-                f"a stack of shape {tuple(stack.data.shape)}: the window holds more pixels "
-                "than the image; use a size below the image size"
-            )
-            raise OptionError(msg)
-
-
-def _takes(name: str, spec: _Filter) -> str:
-    params = ([spec.param] if spec.param else []) + list(spec.extras)
-    return f"{name} takes {', '.join(params)}"
-
-
-def _check_params(
-    name: str, spec: _Filter, sigma: Any, size: Any, mode: str, params: dict[str, Any]
-) -> tuple[float, float]:
-    """Check the parameters a filter takes; return (cval, truncate)."""
-    for param, value in (("sigma", sigma), ("size", size)):
-        if value is not None and spec.param != param:
-            msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
-            raise OptionError(msg)
-    if spec.param == "sigma" and sigma is None:
-        msg = f"{name} needs sigma (in pixels), e.g. sigma=2"
-        raise OptionError(msg)
-    if spec.param == "size" and size is None:
-        msg = f"{name} needs size (in pixels), e.g. size=3"
-        raise OptionError(msg)
-    for param, value in params.items():
-        if param not in spec.extras:
-            msg = f"{name} does not take {param}={value!r}: {_takes(name, spec)}"
-            raise OptionError(msg)
-    if mode not in MODES:
-        msg = f"mode={mode!r} is not one of {', '.join(MODES)}"
-        if mode in ("wrap", "grid-wrap"):
-            msg += " (wrap needs the far edge of the image, which a chunk does not hold)"
-        raise OptionError(msg)
-    cval = params.get("cval", 0.0)
-    if "cval" in params and mode != "constant":
-        msg = f"cval={cval!r} is only used with mode='constant', not mode={mode!r}"
-        raise OptionError(msg)
-    if not (_is_real(cval) and not math.isnan(float(cval))):
-        msg = f"cval={cval!r} must be a number (the value outside the image)"
-        raise OptionError(msg)
-    truncate = params.get("truncate", 4.0)
-    if not (_is_real(truncate) and math.isfinite(float(truncate)) and float(truncate) > 0):
-        msg = f"truncate={truncate!r} must be a positive number of sigmas, e.g. truncate=4"
-        raise OptionError(msg)
-    return float(cval), float(truncate)
-
-
-# chunks ---------------------------------------------------------------------------------------
-
-
-def _radius(spec: _Spec, axis: int) -> int:
-    """Halo scipy needs along `axis` (0 where the filter does not reach)."""
-    param = _REGISTRY[spec.name].param
-    if param == "sigma":
-        return int(spec.truncate * spec.sigma[axis] + 0.5)  # scipy's kernel radius
-    if param == "size":
-        return spec.size[axis] // 2
-    return 1 if axis in spec.axes else 0
-
-
-def halo_pixels(
-    name: str,
-    *,
-    sigma: float | Sequence[float] | None = None,
-    size: int | Sequence[int] | None = None,
-    truncate: float = 4.0,
-    **_: Any,
-) -> int:
-    """Return the widest halo (pixels) filter `name` exchanges along y or x.
-
-    Examples
-    --------
-    >>> halo_pixels("gaussian", sigma=2), halo_pixels("median", size=5), halo_pixels("sobel")
-    (8, 2, 1)
-    """
-    param = _REGISTRY[name].param if name in _REGISTRY else None
-    if param == "sigma" and sigma is not None:
-        values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
-        # values the checks refuse (nan, inf, text) have no halo: filter() says why
-        ok = [float(v) for v in values if _is_real(v) and math.isfinite(float(v))]
-        return max((int(truncate * v + 0.5) for v in ok if 0 <= v < 2**40), default=1)
-    if param == "size" and size is not None:
-        values = [size] if isinstance(size, int) else list(size)
-        return max((int(v) // 2 for v in values if _is_int(v)), default=1)
-    return 1
+__all__ = ["FILTERS", "MODES", "FilteredSource", "filter", "halo_pixels"]
 
 
 def _merge_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
@@ -416,11 +157,100 @@ def _planned(stack: Stack, name: str, letters: str, purpose: Purpose) -> Stack:
     return stack
 
 
+# the Source of a filtered stack --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredSource:
+    """The Source of a stack filtered straight from a file: reads and streams filtered pixels.
+
+    `source` is the file's Source, `shape` and `radius` the input's shape and the halo per
+    axis, `call` the ``filter`` arguments (to filter a reopened input again).
+    """
+
+    name: str
+    source: Source
+    spec: Spec
+    shape: tuple[int, ...]
+    radius: tuple[tuple[int, int], ...]
+    in_dtype: np.dtype[Any]
+    call: tuple[tuple[str, Any], ...]
+    purpose: Purpose
+
+    @property
+    def reads_regions(self) -> bool:
+        """Always: each task reads its region (and halo) from the file and filters it."""
+        return True
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`planes` streams (a separable filter of a file that streams)."""
+        return self.source.streams and streamer(self.spec) is not None
+
+    @property
+    def row_align(self) -> int:
+        """The file's: bands of the filtered stack are bands of the file."""
+        return self.source.row_align
+
+    @property
+    def plane_copies(self) -> int:
+        """Memory of a streamed plane, in planes of the result: the ring and the work planes."""
+        sep = separable(self.spec)
+        if sep is not None:  # ring, work planes (float32), magnitudes' float64 sums
+            return 2 * sep.reach("z") + 4 + 12 * (2 if sep.combine == "magnitude" else 1)
+        return 2 * max(self.spec.size) + 4  # minimum/maximum: ring, van Herk lines
+
+    def _grown(self, region: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        return halo_region(region, self.shape, dict(self.radius))
+
+    def read(self, region: tuple[slice, ...], /) -> np.ndarray:
+        """Return the filtered pixels of `region`."""
+        grown, trim = self._grown(region)
+        return filter_region(self.source, grown, trim, self.spec, self.in_dtype)
+
+    def planes(self, region: tuple[slice, ...], /) -> Iterator[np.ndarray]:
+        """Yield the filtered (rows, columns) planes of `region` in order, one at a time."""
+        make = streamer(self.spec)
+        if make is None:
+            block = self.read(region)
+            yield from block.reshape(-1, *block.shape[-2:])
+            return
+        grown, trim = self._grown(region)
+        shape = tuple(s.stop - s.start for s in grown)
+        dtype = np.dtype(self.spec.out or self.spec.work)
+        out = np.empty((trim[-2].stop - trim[-2].start, trim[-1].stop - trim[-1].start), dtype)
+        zs = trim[-3] if len(self.spec.axes) == 3 else None
+        stream = self.source.planes(grown)
+        float64 = dtype.kind in "iu"
+        for plane in filtered_planes(stream, make, shape, self.in_dtype, zs, float64=float64):
+            store_plane(plane, (trim[-2], trim[-1]), out, dtype)
+            yield out
+
+    def bands(self, region: tuple[slice, ...], rows: int, /) -> Iterator[np.ndarray]:
+        """Yield `region` as (planes, rows, columns) bands of `rows` rows (filtered as one block)."""
+        block = self.read(region)
+        planes = block.reshape(-1, *block.shape[-2:])  # as a file's bands: (planes, rows, cols)
+        for a in range(0, block.shape[-2], max(rows, 1)):
+            yield planes[:, a : a + max(rows, 1), :]
+
+    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
+        """Open the input again with `whole` held whole, and filter it the same way.
+
+        The input's chunks are planned for this filter (`purpose`, a projection's say, does
+        not apply to the input of a filter), so the filter keeps them.
+        """
+        # a 3-D filter needs z whole too (it would reopen the input with z whole only)
+        if len(self.spec.axes) == 3 and "z" not in whole:
+            whole += "z"
+        fresh = self.source.reopen(whole=whole, purpose=self.purpose)
+        return filter(fresh, **dict(self.call))
+
+
 # public API -----------------------------------------------------------------------------------
 
 
 def _filter_overlap(
-    data: da.Array, spec: _Spec, axes: tuple[int, ...], dtype: np.dtype[Any], name: str
+    data: da.Array, spec: Spec, axes: tuple[int, ...], dtype: np.dtype[Any], name: str
 ) -> da.Array:
     """Filter an arbitrary dask array: halos exchanged with dask's map_overlap.
 
@@ -429,14 +259,14 @@ def _filter_overlap(
     chunks = list(data.chunks)
     depth: dict[int, int] = {}
     for i in axes:
-        radius = _radius(spec, i)
+        radius = halo_radius(spec, i)
         if radius and len(chunks[i]) > 1 and min(chunks[i]) < radius:
             chunks[i] = _merge_chunks(chunks[i], radius)
         depth[i] = radius if len(chunks[i]) > 1 else 0
     if tuple(chunks) != data.chunks:
         data = data.rechunk(tuple(chunks))
     filtered: da.Array = da.map_overlap(
-        functools.partial(_filter_block, spec=spec),
+        functools.partial(filter_block, spec=spec),
         data,
         depth=depth,
         boundary="none",
@@ -449,33 +279,10 @@ def _filter_overlap(
     return filtered
 
 
-def _filter_region(
-    source: Source,
-    region: tuple[slice, ...],
-    trim: tuple[slice, ...],
-    spec: _Spec,
-    in_dtype: np.dtype[Any],
-) -> np.ndarray:
-    """Read `region` (a chunk and its halo), filter it, and keep the chunk.
-
-    Separable filters of a source that streams read the region plane by plane
-    (:func:`_stream_planes`): the task holds the ring of planes and its output chunk, never
-    the read chunk.
-    """
-    make = streamer(spec)
-    if make is not None and source.streams:
-        shape = tuple(s.stop - s.start for s in region)
-        out = np.empty(tuple(s.stop - s.start for s in trim), dtype=spec.out or spec.work)
-        three_d = len(spec.axes) == 3
-        return stream_planes(source.planes(region), make, shape, in_dtype, trim, three_d, out)
-    block: np.ndarray = _filter_block(source.read(region), spec=spec)[trim]
-    return np.ascontiguousarray(block)
-
-
 def _filter_regions(
     source: Source,
     data: da.Array,
-    spec: _Spec,
+    spec: Spec,
     axes: tuple[int, ...],
     dtype: np.dtype[Any],
     name: str,
@@ -490,11 +297,11 @@ def _filter_regions(
     from dask.base import tokenize
 
     shape = data.shape
-    radius = {i: _radius(spec, i) for i in axes}
+    radius = {i: halo_radius(spec, i) for i in axes}
 
     def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
         region, trim = halo_region(slices, shape, radius)
-        return (_filter_region, source, region, trim, spec, data.dtype)
+        return (filter_region, source, region, trim, spec, data.dtype)
 
     key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
     return from_tasks(key, data.chunks, dtype, task)
@@ -573,7 +380,7 @@ def filter(
     >>> filter(s, "gaussian", sigma=(0, 1, 1)).attrs["filter"]["sigma"]
     (0.0, 1.0, 1.0)
     """
-    spec_entry = _REGISTRY.get(name) if isinstance(name, str) else None
+    spec_entry = REGISTRY.get(name) if isinstance(name, str) else None
     if spec_entry is None:
         msg = f"filter {name!r} is not one of {', '.join(FILTERS)}"
         raise OptionError(msg)
@@ -581,13 +388,13 @@ def filter(
         msg = f"per_plane={per_plane!r} must be True, False or None (the filter's default)"
         raise OptionError(msg)
     plane = spec_entry.per_plane if per_plane is None else bool(per_plane)
-    cval, truncate = _check_params(name, spec_entry, sigma, size, mode, dict(params))
+    cval, truncate = check_params(name, spec_entry, sigma, size, mode, dict(params))
     stack.axis("y")  # StackFormatError naming the axes there are
     stack.axis("x")
-    letters = "".join(a for a in _SPATIAL if a in stack.axes and not (plane and a == "z"))
-    sigmas = _check_sigma(name, sigma, letters) if spec_entry.param == "sigma" else ()
-    sizes = _check_size(name, size, letters) if spec_entry.param == "size" else ()
-    _check_kernel(name, stack, letters, sigmas, sizes, truncate)
+    letters = "".join(a for a in SPATIAL if a in stack.axes and not (plane and a == "z"))
+    sigmas = check_sigma(name, sigma, letters) if spec_entry.param == "sigma" else ()
+    sizes = check_size(name, size, letters) if spec_entry.param == "size" else ()
+    check_kernel(name, stack, letters, sigmas, sizes, truncate)
     out_dtype = None if dtype is None else np.dtype(dtype)
     if out_dtype is not None and out_dtype.kind not in "iuf":
         msg = f"dtype={out_dtype} is not an integer or float type"
@@ -601,10 +408,10 @@ def filter(
     ndim = stack.data.ndim
     in_dtype = stack.dtype
     if spec_entry.rank:
-        work = in_dtype if in_dtype in _RANK_DTYPES else np.dtype(np.float32)
+        work = in_dtype if in_dtype in RANK_DTYPES else np.dtype(np.float32)
     else:
         work = np.dtype(np.float64 if in_dtype == np.float64 else np.float32)
-    spec = _Spec(
+    spec = Spec(
         name=name,
         axes=axes,
         sigma=tuple(sigmas[by_axis[i]] if i in by_axis and sigmas else 0.0 for i in range(ndim)),
@@ -629,7 +436,7 @@ def filter(
             source=stack.source,
             spec=spec,
             shape=stack.shape,
-            radius=tuple((i, _radius(spec, i)) for i in axes),
+            radius=tuple((i, halo_radius(spec, i)) for i in axes),
             in_dtype=stack.dtype,
             call=tuple(call.items()),
             purpose=purpose,
