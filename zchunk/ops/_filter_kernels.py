@@ -139,6 +139,20 @@ def _x_pass(line: NDArray[np.float32], w: NDArray[np.float32], o: NDArray[np.flo
 
 
 @_jit
+def _x_row(
+    line: NDArray[np.float32],
+    w: NDArray[np.float32],
+    left: int,
+    mode: int,
+    cval: float,
+    o: NDArray[np.float32],
+) -> None:
+    """Correlate a row along x: `line` holds it after `left` slots; they are padded first."""
+    _pad_line(line, left, w.size - 1 - left, mode, cval)
+    _x_pass(line, w, o)
+
+
+@_jit
 def _y_row(
     src: NDArray[Any],
     y: int,
@@ -190,14 +204,12 @@ def correlate_x(
 ) -> None:
     """``out = scipy.ndimage.correlate1d(src, w, axis=1, ...)`` in float32."""
     height, width = src.shape
-    right = w.size - 1 - left
     line = np.empty(width + w.size - 1, dtype=np.float32)
     for y in range(height):
         s = src[y]
         for x in range(width):
             line[left + x] = s[x]
-        _pad_line(line, left, right, mode, cval)
-        _x_pass(line, w, out[y])
+        _x_row(line, w, left, mode, cval, out[y])
 
 
 @_jit
@@ -213,12 +225,10 @@ def correlate_yx(
 ) -> None:
     """Correlate along y then along x, row by row (the row stays in L1 between the two)."""
     height, width = src.shape
-    right_x = wx.size - 1 - left_x
     line = np.empty(width + wx.size - 1, dtype=np.float32)
     for y in range(height):
         _y_row(src, y, wy, left_y, mode, cval, line[left_x : left_x + width])
-        _pad_line(line, left_x, right_x, mode, cval)
-        _x_pass(line, wx, out[y])
+        _x_row(line, wx, left_x, mode, cval, out[y])
 
 
 @_jit
