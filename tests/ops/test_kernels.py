@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zchunk.ops import _kernels
+from zchunk.ops import _select_kernels
 from zchunk.ops._kernels import median, order_statistics, percentile
 
 INTS = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64]
@@ -350,7 +350,7 @@ KERNELS = ["_select_kernel", "_load_tile", "_count_le", "_next_key", "_bisect"]
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernels_release_the_gil_and_are_serial(name):
-    dispatcher = getattr(_kernels, name)
+    dispatcher = getattr(_select_kernels, name)
     assert dispatcher.targetoptions["nogil"] is True
     assert not dispatcher.targetoptions.get("parallel", False)
     assert dispatcher.targetoptions.get("fastmath", False) is False
