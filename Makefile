@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m zchunk.ops._kernels  # numba's kernels compiled now, not in the first run
+	$(BIN)/python -m zchunk.ops._filter_stream  # and the filters' kernels
 	touch $(STAMP)
 
 demo: install

@@ -212,3 +212,32 @@ def test_min_max_with_a_cval_outside_the_dtype_use_scipy(rng):
     for name, func in (("minimum", ndimage.minimum_filter), ("median", ndimage.median_filter)):
         got = zchunk.filter(stack, name, size=3, mode="constant", cval=-1).data.compute()
         np.testing.assert_array_equal(got, func(a, size=3, mode="constant", cval=-1))
+
+
+def test_compile_all_compiles_what_the_filters_run():
+    # make install compiles the filters' kernels ahead: a user's first filter of a
+    # precompiled type must find every signature it runs already compiled
+    import dask.array as da
+    from numba.core.registry import CPUDispatcher
+
+    import zchunk
+    from zchunk.ops import _filter_stream, _median_kernels, _rank_kernels
+
+    _filter_stream.compile_all()
+    modules = (K, _rank_kernels, _median_kernels)
+    dispatchers = [d for m in modules for d in vars(m).values() if isinstance(d, CPUDispatcher)]
+    before = {d: set(d.signatures) for d in dispatchers}
+    calls = [
+        ("gaussian", {"sigma": 1}),
+        ("sobel", {}),
+        ("gaussian_gradient_magnitude", {"sigma": 1}),
+    ]
+    calls += [("laplace", {}), ("uniform", {"size": 3}), ("median", {"size": 3})]
+    calls += [("minimum", {"size": 3}), ("maximum", {"size": (1, 3, 3)})]
+    for dtype in _filter_stream.PRECOMPILED:
+        a = np.arange(4 * 10 * 12).reshape(4, 10, 12).astype(dtype)
+        stack = zchunk.Stack(da.from_array(a, chunks=(4, 5, 12)))
+        for name, params in calls:
+            for out in (None, dtype):
+                zchunk.filter(stack, name, dtype=out, **params).data.compute()
+    assert {d: set(d.signatures) for d in dispatchers} == before
