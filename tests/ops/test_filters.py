@@ -620,3 +620,30 @@ def test_min_max_stream_bit_exact_from_a_file(tmp_path, name, dtype, cval):
     spec = out.source.spec
     assert (streamer(spec) is None) == (cval == 0.5)
     np.testing.assert_array_equal(zchunk.project(out, "max").data.compute(), ref.max(axis=1))
+
+
+def test_a_kernel_over_the_memory_budget_is_refused_up_front(tmp_path, capsys):
+    # issue 13: a kernel whose smallest task cannot fit the budget is refused before any
+    # allocation (it used to run into a MemoryError and leave a partial output)
+    import tifffile
+
+    from zchunk.cli import main
+    from zchunk.errors import OptionError
+
+    a = np.zeros((20, 200, 200), np.uint16)
+    stack = zchunk.open(a, memory_limit="2MiB")
+    with pytest.raises(OptionError, match=r"^gaussian sigma=30: each of \d+ worker\(s\) needs at "):
+        zfilter(stack, "gaussian", sigma=30)  # a ring of 20 planes of 200 x 200 float32
+    with pytest.raises(OptionError, match=r"memory budget of 2.00 MiB allows: use a smaller size"):
+        zfilter(stack, "minimum", size=(19, 199, 199))
+    assert zfilter(stack, "gaussian", sigma=(0, 30, 30)).data.shape == a.shape  # one plane
+    assert zfilter(zchunk.open(a, memory_limit="64MiB"), "gaussian", sigma=30).data.shape
+    tifffile.imwrite(tmp_path / "in.tif", a)
+    out = tmp_path / "out.zarr"
+    argv = ["filter", str(tmp_path / "in.tif"), "gaussian", "--sigma", "30", "-o", str(out)]
+    assert main([*argv, "--memory-limit", "2MiB", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "memory budget of 2.00 MiB" in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.zarr*"))

@@ -31,6 +31,7 @@ __all__ = [
     "SPATIAL",
     "Spec",
     "check_kernel",
+    "check_memory",
     "check_params",
     "check_sigma",
     "check_size",
@@ -213,6 +214,34 @@ def check_kernel(
                 "than the image; use a size below the image size"
             )
             raise OptionError(msg)
+
+
+def check_memory(spec: Spec, shape: tuple[int, ...], budget: int, workers: int) -> None:
+    """Refuse a filter whose smallest task cannot fit the memory budget, before anything runs.
+
+    Whatever the chunks, a task filtering one output row holds a ring of ``min(2 rz + 1, Z)``
+    planes (3-D; one per plane) of ``min(Y, 2 ry + 1)`` rows by ``min(X, 2 rx + 1)`` columns
+    (r: the halo along each axis), in float32 or the input's type; `workers` tasks run at once.
+    """
+    radius = {a: halo_radius(spec, a) for a in spec.axes}
+    three_d = len(spec.axes) == 3
+    z, y, x = (spec.axes[0] if three_d else None), spec.axes[-2], spec.axes[-1]
+    depth = min(2 * radius[z] + 1, shape[z]) if z is not None else 1
+    rows, cols = min(shape[y], 2 * radius[y] + 1), min(shape[x], 2 * radius[x] + 1)
+    need = depth * rows * cols * max(4, spec.work.itemsize)
+    if need * workers <= budget:
+        return
+    from zchunk.chunking import format_bytes
+
+    param = f"sigma={max(spec.sigma):g}" if REGISTRY[spec.name].param == "sigma" else ""
+    param = f"size={max(spec.size)}" if REGISTRY[spec.name].param == "size" else param
+    msg = (
+        f"{spec.name} {param}: each of {workers} worker(s) needs at least {format_bytes(need)} "
+        f"({depth} plane(s) of {rows} x {cols} pixels), more than the memory budget of "
+        f"{format_bytes(budget)} allows: use a smaller {param.split('=')[0] or 'kernel'} or "
+        "a larger memory limit (--memory-limit)"
+    )
+    raise OptionError(msg)
 
 
 def _takes(name: str, spec: _Filter) -> str:

@@ -77,7 +77,7 @@ import numpy as np
 
 from zchunk._graph import from_tasks
 from zchunk._types import FILTERS, MODES
-from zchunk.chunking import Purpose
+from zchunk.chunking import Budget, Purpose
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._filter_spec import (
     RANK_DTYPES,
@@ -85,6 +85,7 @@ from zchunk.ops._filter_spec import (
     SPATIAL,
     Spec,
     check_kernel,
+    check_memory,
     check_params,
     check_sigma,
     check_size,
@@ -423,6 +424,13 @@ def filter(
         out=out_dtype,
     )
 
+    plan = stack.plan  # its budget is the chunks' share: a 1/memory_factor of the user's
+    budget = (
+        Budget(plan.budget * plan.purpose.memory_factor, plan.workers)
+        if plan is not None
+        else Budget.parse(None)
+    )
+    check_memory(spec, stack.shape, budget.bytes, budget.workers)
     result_dtype = out_dtype if out_dtype is not None else work
     source: FilteredSource | None = None
     if stack.source is not None and stack.source.reads_regions:
