@@ -21,12 +21,12 @@ from zchunk.sinks import save
 from zchunk.sinks._atomic import prepare_output
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._resume import (
-    check_run_space,
     discard_partial,
     resumable_output,
     store_resumable,
 )
 from zchunk.sinks._settings import settings_of
+from zchunk.sinks._space import check_run_space
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,9 @@ import dask.array as da
 import numpy as np
 from dask.base import compute_as_if_collection
 from dask.highlevelgraph import HighLevelGraph
-from dask.layers import ArraySliceDep
 
+from zchunk._graph import block_regions
 from zchunk._partial import RECORD_NAME, partial_path, record_path
-from zchunk.chunking import format_bytes
 from zchunk.errors import (
     DiskSpaceError,
     OutputExistsError,
@@ -64,6 +62,7 @@ from zchunk.sinks._done import (
 from zchunk.sinks._lock import output_lock
 from zchunk.sinks._markers import stored_digest, verified, write_marker
 from zchunk.sinks._settings import settings_differ
+from zchunk.sinks._space import check_free_space, disk_space_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -72,7 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PartialWrite",
-    "check_free_space",
     "resumable_output",
     "store_resumable",
 ]
@@ -108,52 +106,6 @@ def _write_record(record: Path, settings: Mapping[str, Any]) -> None:
     except BaseException:
         remove_path(tmp)
         raise
-
-
-def _existing_folder(path: Path) -> Path:
-    folder = path
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def check_free_space(final: Path, nbytes: int, *, compressed: bool, what: str = "") -> None:
-    """Raise DiskSpaceError if the folder of `final` has less than `nbytes` free.
-
-    Parameters
-    ----------
-    final : Path
-        The output; its (nearest existing) folder is checked.
-    nbytes : int
-        Bytes the output needs: its uncompressed size (an upper bound, in practice, for
-        compressed output, which the message says).
-    compressed : bool
-        Whether the output is compressed, for the message.
-    what : str, optional
-        What needs the space, for the message (default: `final`).
-
-    Raises
-    ------
-    DiskSpaceError
-        If ``shutil.disk_usage`` reports less free space than `nbytes`.
-    """
-    folder = _existing_folder(final.parent)
-    free = shutil.disk_usage(folder).free
-    if nbytes <= free:
-        return
-    size = "its uncompressed size; compressed data usually take less" if compressed else "raw"
-    msg = (
-        f"not enough free disk space for {what or repr(os.fspath(final))}: it needs about "
-        f"{format_bytes(nbytes)} ({size}) but {os.fspath(folder)!r} has "
-        f"{format_bytes(free)} free; free some space or write elsewhere"
-    )
-    raise _disk_space_error(msg)
-
-
-def _disk_space_error(msg: str) -> DiskSpaceError:
-    err = DiskSpaceError(msg)
-    err.errno = errno.ENOSPC  # str(err) stays `msg`
-    return err
 
 
 def _discard(partial: Path, record: Path) -> None:
@@ -374,22 +326,6 @@ def discard_partial(final: Path) -> None:
         _discard(partial, record_path(partial, folder=True))
 
 
-def check_run_space(needs: Sequence[tuple[Path, int]]) -> None:
-    """Raise DiskSpaceError unless each file system has room for all it must hold.
-
-    `needs` lists (output, bytes) for everything a run writes, scratch included; the bytes
-    are summed per file system before comparing with its free space, once, up front.
-    """
-    total: dict[int, tuple[Path, int]] = {}
-    for final, nbytes in needs:
-        folder = _existing_folder(final.parent)
-        dev = os.stat(folder).st_dev
-        first, sum_ = total.get(dev, (final, 0))
-        total[dev] = (first, sum_ + nbytes)
-    for final, nbytes in total.values():
-        check_free_space(final, nbytes, compressed=True, what="this run's outputs and scratch")
-
-
 #: zarr's local store writes a chunk to ``<key>.<32 hex digits>.partial``, then renames it.
 _STORE_TEMPORARY = re.compile(r".*\.[0-9a-f]{32}\.partial")
 
@@ -503,7 +439,7 @@ def _keep_or_discard(job: PartialWrite, exc: BaseException) -> None:
             f"the disk filled up while writing {os.fspath(final)!r} ({exc.strerror}); "
             f"{note}, after freeing some space"
         )
-        raise _disk_space_error(msg) from exc
+        raise disk_space_error(msg) from exc
     exc.add_note(f"zchunk: {note}")
 
 
@@ -548,7 +484,7 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
     Every block of `data` (in the chunks of the partial output, see
     :meth:`PartialWrite.align`) that is not in ``job.done`` is computed once, through the
     caller's dask scheduler, written to the same region of `target`, and then recorded. The
-    graph is culled to those blocks, so finished blocks cost nothing, not even a read. Several
+    graph holds those blocks only, so finished blocks cost nothing, not even a read. Several
     writes are computed together, so results that share an input read it once.
     """
     graphs = []
@@ -562,18 +498,16 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
         if not job.fresh:  # trust a marker only if the storage matches it
             job.done = verified(target, os.fspath(job.record / _BLOCKS), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
-        stored = da.map_blocks(
-            _store_block,
-            data,
-            GuardedTarget(target, job.partial),
-            ArraySliceDep(data.chunks),
-            os.fspath(job.record / _BLOCKS),
-            name=name,
-            dtype=np.uint8,
-            meta=np.empty((0,) * data.ndim, dtype=np.uint8),
-        )
-        graphs.append(stored.__dask_graph__())
-        keys += [(name, *i) for i in np.ndindex(*data.numblocks) if i not in job.done]
+        guarded = GuardedTarget(target, job.partial)
+        blocks_dir = os.fspath(job.record / _BLOCKS)
+        layer = {
+            (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i)
+            for i, region in block_regions(data.chunks)
+            if i not in job.done
+        }
+        deps: list[Any] = [data]  # dask's Array does not match its own DaskCollection type
+        graphs.append(HighLevelGraph.from_collections(name, layer, dependencies=deps))  # type: ignore[arg-type]
+        keys += list(layer)
     if keys:
         graph = HighLevelGraph.merge(*graphs)
         compute_as_if_collection(da.Array, graph, keys)

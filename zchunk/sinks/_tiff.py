@@ -7,27 +7,35 @@ zarr array next to the output: blocks are computed once into it (one shard per b
 inner chunk per plane of a block), then pages are read back one at a time and encoded.
 
 Both are resumable (see :mod:`zchunk.sinks._resume`): the laid-out file, or the scratch
-array, is ``.<name>.zchunk-partial`` with a record of its settings and finished blocks.
+array, is ``.<name>.zchunk-partial`` with a record of its settings and finished blocks. What
+the TIFF says besides its pixels (ImageJ or OME metadata, resolution) is
+:mod:`zchunk.sinks._tiff_meta`'s.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
 
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
 from zchunk.sinks._atomic import atomic_output, prepare_output
-from zchunk.sinks._channels import channel_colors, channel_names, imagej_luts, ome_color
 from zchunk.sinks._done import commit_output
 from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
 from zchunk.sinks._settings import settings_of
+from zchunk.sinks._tiff_meta import (
+    OME_DTYPES,
+    Layout,
+    imagej_metadata,
+    kind_arg,
+    layout_record,
+    ome_metadata,
+    tag_resolution,
+)
 from zchunk.sinks._zarr import (
     check_writable,
     create_aligned_array,
@@ -36,7 +44,6 @@ from zchunk.sinks._zarr import (
     regular_grid,
     stack_attributes,
 )
-from zchunk.stack import normalize_unit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -62,78 +69,6 @@ COMPRESSIONS = ("zlib", "deflate", "lzw", "zstd", "lzma", "packbits")
 
 #: Axis order of TIFF outputs: the order ImageJ requires (TZCYX), a subset for fewer axes.
 TIFF_AXES = "tzcyx"
-
-#: Pixel types that OME-TIFF cannot describe.
-_OME_DTYPES = frozenset(
-    np.dtype(t)
-    for t in ("int8", "int16", "int32", "uint8", "uint16", "uint32", "float32", "float64")
-)
-
-_IMAGEJ_UNITS = {
-    "micrometer": "um",
-    "nanometer": "nm",
-    "millimeter": "mm",
-    "centimeter": "cm",
-    "meter": "m",
-}
-_OME_LENGTH_UNITS = {
-    "micrometer": "µm",
-    "nanometer": "nm",
-    "millimeter": "mm",
-    "centimeter": "cm",
-    "meter": "m",
-    "angstrom": "Å",
-}
-_OME_TIME_UNITS = {
-    "second": "s",
-    "millisecond": "ms",
-    "microsecond": "µs",
-    "minute": "min",
-    "hour": "h",
-}
-_SECONDS = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 60.0, "hour": 3600.0}
-_CENTIMETERS = {
-    "nanometer": 1e-7,
-    "micrometer": 1e-4,
-    "millimeter": 0.1,
-    "centimeter": 1.0,
-    "meter": 100.0,
-}
-
-_Kind = Literal["imagej", "ome", "shaped"]
-# tifffile >= 2026.5.2 selects the format with kind=; older releases with imagej=/ome=/shaped=.
-_HAS_KIND = "kind" in inspect.signature(tifffile.TiffWriter).parameters
-
-
-def _kind_arg(kind: _Kind) -> dict[str, Any]:
-    return {"kind": kind} if _HAS_KIND else {kind: True}
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """How one TIFF output is written: format, size class and metadata."""
-
-    kind: _Kind
-    bigtiff: bool
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    metadata: dict[str, Any]
-    resolution: tuple[float, float] | None = None
-    resolutionunit: str | None = None
-
-    def write_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``TiffWriter.write`` shared by every path."""
-        args: dict[str, Any] = {
-            "shape": self.shape,
-            "dtype": self.dtype,
-            "photometric": "minisblack",  # never guess RGB from a last axis of 3 or 4
-            "metadata": self.metadata,
-            "resolution": self.resolution,
-            "software": "zchunk",
-        }
-        if self.resolutionunit is not None:
-            args["resolutionunit"] = self.resolutionunit
-        return args
 
 
 def _normalize_compression(compression: str | None) -> str | None:
@@ -168,116 +103,25 @@ def _tiff_order(stack: Stack) -> Stack:
     )
 
 
-def _calibration(stack: Stack) -> dict[str, tuple[float, str | None]]:
-    """Known pixel sizes by axis letter, with their normalized unit (or None)."""
-    return {
-        a: (float(s), normalize_unit(u))
-        for a, s, u in zip(stack.axes, stack.scale, stack.units, strict=True)
-        if s is not None
-    }
-
-
-def _imagej_unit(unit: str) -> str:
-    return _IMAGEJ_UNITS.get(unit, unit)
-
-
-def _imagej_metadata(stack: Stack) -> tuple[dict[str, Any], tuple[float, float] | None]:
-    """ImageJ description entries and X/YResolution (pixels per unit) of `stack`."""
-    cal = _calibration(stack)
-    metadata: dict[str, Any] = {"axes": stack.axes.upper()}
-    resolution = None
-    units: dict[str, str | None] = {}
-    if "x" in cal and "y" in cal:
-        resolution = (1.0 / cal["x"][0], 1.0 / cal["y"][0])
-        units.update(x=cal["x"][1], y=cal["y"][1])
-    if "z" in cal:
-        metadata["spacing"] = cal["z"][0]
-        units["z"] = cal["z"][1]
-    # ImageJ's "unit" is the unit of x (and of y and z unless yunit/zunit say otherwise)
-    main = units.get("x") if resolution is not None else units.get("z")
-    if main is not None:
-        metadata["unit"] = _imagej_unit(main)
-    for a in "yz":
-        unit = units.get(a)
-        if unit is not None and unit != main:
-            metadata[f"{a}unit"] = _imagej_unit(unit)
-    if "t" in cal and cal["t"][1] in _SECONDS:
-        metadata["finterval"] = cal["t"][0] * _SECONDS[str(cal["t"][1])]
-    names = channel_names(stack)
-    if names is not None:
-        # ImageJ keeps one label per plane (channels vary fastest): the channel's name
-        c = stack.axes.index("c")
-        planes = stack.shape[: stack.axes.index("y")]
-        metadata["Labels"] = [names[i[c]] for i in np.ndindex(*planes)]
-    if stack.sizes.get("c", 1) > 1:  # opens as a composite, one LUT per channel
-        metadata["mode"] = "composite"
-        colors = channel_colors(stack)
-        if colors is not None:
-            metadata["LUTs"] = imagej_luts(colors)
-    return metadata, resolution
-
-
-def _ome_metadata(stack: Stack) -> dict[str, Any]:
-    """OME-XML attributes (PhysicalSize*, TimeIncrement, channel names) of `stack`."""
-    cal = _calibration(stack)
-    metadata: dict[str, Any] = {"axes": stack.axes.upper()}
-    if stack.name:
-        metadata["Name"] = stack.name
-    for a in "xyz":
-        if a not in cal:
-            continue
-        size, unit = cal[a]
-        if unit is not None and unit not in _OME_LENGTH_UNITS:
-            continue  # OME has no name for it; its default (µm) would be a lie
-        metadata[f"PhysicalSize{a.upper()}"] = size
-        metadata[f"PhysicalSize{a.upper()}Unit"] = (
-            "pixel" if unit is None else _OME_LENGTH_UNITS[unit]
-        )
-    if "t" in cal and cal["t"][1] in _OME_TIME_UNITS:
-        metadata["TimeIncrement"] = cal["t"][0]
-        metadata["TimeIncrementUnit"] = _OME_TIME_UNITS[str(cal["t"][1])]
-    names = channel_names(stack)
-    colors = channel_colors(stack)
-    channel: dict[str, Any] = {}
-    if names is not None:
-        channel["Name"] = names
-    if colors is not None:
-        channel["Color"] = [ome_color(c) for c in colors]
-    if channel:
-        metadata["Channel"] = channel
-    return metadata
-
-
-def _tag_resolution(stack: Stack) -> tuple[tuple[float, float] | None, str | None]:
-    """X/YResolution in pixels per centimeter, as standard TIFF readers expect."""
-    cal = _calibration(stack)
-    if "x" not in cal or "y" not in cal:
-        return None, None
-    (sx, ux), (sy, uy) = cal["x"], cal["y"]
-    if ux not in _CENTIMETERS or uy not in _CENTIMETERS:
-        return None, None
-    return (1.0 / (sx * _CENTIMETERS[str(ux)]), 1.0 / (sy * _CENTIMETERS[str(uy)])), "CENTIMETER"
-
-
-def _layout(stack: Stack, *, ome: bool) -> _Layout:
+def _layout(stack: Stack, *, ome: bool) -> Layout:
     dtype = stack.dtype.newbyteorder("=")
     shape = stack.shape
     bigtiff = math.prod(shape) * dtype.itemsize > BIGTIFF_THRESHOLD
     if ome:
-        if dtype not in _OME_DTYPES:
+        if dtype not in OME_DTYPES:
             msg = (
                 f"OME-TIFF cannot store pixels of dtype {dtype}: write a .tif or .zarr, "
                 "or cast the stack to a 32-bit type"
             )
             raise StackFormatError(msg)
-        resolution, unit = _tag_resolution(stack)
-        return _Layout("ome", bigtiff, shape, dtype, _ome_metadata(stack), resolution, unit)
+        resolution, unit = tag_resolution(stack)
+        return Layout("ome", bigtiff, shape, dtype, ome_metadata(stack), resolution, unit)
     if dtype in IMAGEJ_DTYPES and not bigtiff:
-        metadata, resolution = _imagej_metadata(stack)
-        return _Layout("imagej", False, shape, dtype, metadata, resolution)
+        metadata, resolution = imagej_metadata(stack)
+        return Layout("imagej", False, shape, dtype, metadata, resolution)
     metadata = {"axes": stack.axes.upper(), "zchunk": stack_attributes(stack)}
-    resolution, unit = _tag_resolution(stack)
-    return _Layout("shaped", bigtiff, shape, dtype, metadata, resolution, unit)
+    resolution, unit = tag_resolution(stack)
+    return Layout("shaped", bigtiff, shape, dtype, metadata, resolution, unit)
 
 
 class _FileRegions:
@@ -337,18 +181,7 @@ class _FileRegions:
         return nbytes, crc
 
 
-def _layout_record(layout: _Layout) -> dict[str, Any]:
-    """Describe what the laid-out TIFF holds besides the pixels (compared on resume)."""
-    return {
-        "kind": layout.kind,
-        "bigtiff": layout.bigtiff,
-        "metadata": layout.metadata,
-        "resolution": layout.resolution,
-        "resolutionunit": layout.resolutionunit,
-    }
-
-
-def _data_offset(path: Path, layout: _Layout) -> int:
+def _data_offset(path: Path, layout: Layout) -> int:
     """Offset of the pixels in a laid-out (partial) TIFF; PartialOutputError if unusable."""
     try:
         with tifffile.TiffFile(path) as tif:
@@ -375,7 +208,7 @@ def _write_uncompressed(
     final: Path,
     settings: dict[str, Any],
     data: da.Array,
-    layout: _Layout,
+    layout: Layout,
     *,
     resume: bool,
     overwrite: bool,
@@ -404,7 +237,7 @@ def _write_uncompressed(
                 None,
                 bigtiff=layout.bigtiff,
                 returnoffset=True,
-                **_kind_arg(layout.kind),
+                **kind_arg(layout.kind),
                 **layout.write_args(),
             )
             if located is None:  # pragma: no cover - tifffile lays raw strips out contiguously
@@ -425,7 +258,7 @@ def _write_compressed(
     final: Path,
     stack: Stack,
     data: da.Array,
-    layout: _Layout,
+    layout: Layout,
     compression: str,
     *,
     output: dict[str, Any],
@@ -439,7 +272,7 @@ def _write_compressed(
         "buffersize": page_bytes,
         **layout.write_args(),
     }
-    kind = _kind_arg(layout.kind)
+    kind = kind_arg(layout.kind)
     data = regular_grid(data)
     # the scratch array holds the pixels only: the TIFF's metadata is written from this run
     settings = settings_of(stack, data, format="tiff-scratch", writer={"level": 1})
@@ -585,7 +418,7 @@ def to_tiff(
     # what the finished TIFF holds, recorded with it (and the partial output's, uncompressed)
     writer = {"compression": codec} if codec else {}
     settings = settings_of(
-        stack, data, format="tiff", metadata=_layout_record(layout), writer=writer
+        stack, data, format="tiff", metadata=layout_record(layout), writer=writer
     )
     if resume and (done := finished_output(path, settings, overwrite=overwrite)):
         return done
