@@ -545,17 +545,24 @@ def _flip_stored_bytes(final: Path, block: int) -> None:
     partial.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "tiff", "tiff-zlib"])
-@pytest.mark.parametrize("how", ["empty", "wrong digest", "garbage", "stored bytes flipped"])
-def test_resume_recomputes_blocks_whose_markers_do_not_match(tmp_path, writer, how):
+def _interrupted_after_three_blocks(
+    tmp_path: Path, writer: str
+) -> tuple[Stack, Interrupt, Path, Path]:
+    """(stack, its Interrupt, the reference output, the output) of a run cut after 3 blocks."""
     stack, _ = make_stack(scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
     ref = WRITERS[writer](stack, tmp_path / "ref")
-    work = tmp_path / "work"
     cut = Interrupt(after=4)
     stack = cut.wrap(stack)
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
-        WRITERS[writer](stack, work)
-    final = work / FINAL[writer]
+        WRITERS[writer](stack, tmp_path / "work")
+    return stack, cut, ref, tmp_path / "work" / FINAL[writer]
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "tiff", "tiff-zlib"])
+@pytest.mark.parametrize("how", ["empty", "wrong digest", "garbage", "stored bytes flipped"])
+def test_resume_recomputes_blocks_whose_markers_do_not_match(tmp_path, writer, how):
+    stack, cut, ref, final = _interrupted_after_three_blocks(tmp_path, writer)
+    work = final.parent
     records = blocks_dir(final)
     assert len(os.listdir(records)) == 3
     damaged = int(min(os.listdir(records)).split(".")[1])
@@ -628,14 +635,8 @@ def _lose_stored_block(final: Path, block: int, how: str) -> None:
 def test_resume_recomputes_blocks_whose_data_did_not_reach_the_disk(tmp_path, writer, how):
     # power loss: markers are not fsynced, nor are blocks; a marker that survived its block's
     # data does not match what is stored (bytes, then crc32), so the block is computed again
-    stack, _ = make_stack(scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
-    ref = WRITERS[writer](stack, tmp_path / "ref")
-    work = tmp_path / "work"
-    cut = Interrupt(after=4)
-    stack = cut.wrap(stack)
-    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
-        WRITERS[writer](stack, work)
-    final = work / FINAL[writer]
+    stack, cut, ref, final = _interrupted_after_three_blocks(tmp_path, writer)
+    work = final.parent
     done = sorted(int(n.split(".")[1]) for n in os.listdir(blocks_dir(final)))
     assert len(done) == 3
     kept, lost = done[0], done[1]

@@ -25,11 +25,11 @@ from zchunk.sinks._resume import (
     resumable_output,
     store_resumable,
 )
-from zchunk.sinks._settings import settings_of
 from zchunk.sinks._space import check_run_space
+from zchunk.sinks._write import scratch_settings
 from zchunk.sinks._zarr import (
     check_writable,
-    create_aligned_array,
+    create_scratch,
     native_order,
     open_aligned_array,
     regular_grid,
@@ -120,10 +120,7 @@ def _save_all(
         ((key, stack),) = stacks.items()
         return {key: save(stack, finals[key], **options)}
     grids = {key: regular_grid(native_order(stack.data)) for key, stack in stacks.items()}
-    settings = {
-        key: settings_of(stacks[key], grids[key], format="scratch", writer={"level": 1})
-        for key in stacks
-    }
+    settings = {key: scratch_settings(stacks[key], grids[key], "scratch") for key in stacks}
     written: dict[str, Path] = {}
     for key, final in finals.items():
         if resume and os.path.lexists(final):  # kept if it is this run's (its record says)
@@ -154,9 +151,7 @@ def _save_all(
             )
             data = job.align(data)
             if job.fresh:
-                array = create_aligned_array(
-                    os.fspath(job.partial), data, axes=stack.axes, level=1, dimension_names=False
-                )
+                array = create_scratch(job.partial, data, axes=stack.axes)
             else:
                 array = open_aligned_array(os.fspath(job.partial), data)
             writes.append((data, array, job))

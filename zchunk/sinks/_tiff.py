@@ -17,16 +17,13 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
 
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
-from zchunk.sinks._atomic import atomic_output, prepare_output
-from zchunk.sinks._done import commit_output
-from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
-from zchunk.sinks._settings import settings_of
 from zchunk.sinks._tiff_meta import (
     OME_DTYPES,
     Layout,
@@ -36,12 +33,11 @@ from zchunk.sinks._tiff_meta import (
     ome_metadata,
     tag_resolution,
 )
+from zchunk.sinks._write import write
 from zchunk.sinks._zarr import (
     check_writable,
-    create_aligned_array,
-    native_order,
+    create_scratch,
     open_aligned_array,
-    regular_grid,
     stack_attributes,
 )
 
@@ -204,49 +200,20 @@ def _data_offset(path: Path, layout: Layout) -> int:
     return int(offset)
 
 
-def _write_uncompressed(
-    final: Path,
-    settings: dict[str, Any],
-    data: da.Array,
-    layout: Layout,
-    *,
-    resume: bool,
-    overwrite: bool,
-) -> None:
-    with resumable_output(
-        final,
-        settings,
-        folder=False,
-        resume=resume,
-        overwrite=overwrite,
-        nbytes=int(data.nbytes),
-        compressed=False,
-    ) as job:
-        data = job.align(data)
-        offset = None
-        if not job.fresh and job.done:
-            try:
-                offset = _data_offset(job.partial, layout)
-            except PartialOutputError:  # cut short (a power cut): nothing in it is kept
-                job.done = set()
-        # with no block done yet, the partial file holds nothing to keep: a run killed before
-        # tifffile finished its header left it empty or cut, so it is laid out again
-        if offset is None:
-            located = tifffile.imwrite(
-                job.partial,
-                None,
-                bigtiff=layout.bigtiff,
-                returnoffset=True,
-                **kind_arg(layout.kind),
-                **layout.write_args(),
-            )
-            if located is None:  # pragma: no cover - tifffile lays raw strips out contiguously
-                msg = f"tifffile did not write {job.partial} contiguously"
-                raise RuntimeError(msg)
-            offset = int(located[0])
-        regions = _FileRegions(os.fspath(job.partial), offset, layout.shape, layout.dtype)
-        store_resumable([(data, regions, job)])
-        job.commit(overwrite=overwrite)
+def _lay_out(path: Path, layout: Layout) -> _FileRegions:
+    """Write the header and page directories of an uncompressed TIFF; return its pixels."""
+    located = tifffile.imwrite(
+        path,
+        None,
+        bigtiff=layout.bigtiff,
+        returnoffset=True,
+        **kind_arg(layout.kind),
+        **layout.write_args(),
+    )
+    if located is None:  # pragma: no cover - tifffile lays raw strips out contiguously
+        msg = f"tifffile did not write {path} contiguously"
+        raise RuntimeError(msg)
+    return _FileRegions(os.fspath(path), int(located[0]), layout.shape, layout.dtype)
 
 
 def _pages(array: zarr.Array[Any], shape: tuple[int, ...]) -> Iterator[np.ndarray[Any, Any]]:
@@ -254,59 +221,79 @@ def _pages(array: zarr.Array[Any], shape: tuple[int, ...]) -> Iterator[np.ndarra
         yield np.asarray(array[index])
 
 
-def _write_compressed(
-    final: Path,
-    stack: Stack,
-    data: da.Array,
-    layout: Layout,
-    compression: str,
-    *,
-    output: dict[str, Any],
-    resume: bool,
-    overwrite: bool,
-) -> None:
-    page_bytes = math.prod(layout.shape[-2:]) * layout.dtype.itemsize
-    write_args = {
-        "compression": compression,
-        # strips are encoded in parallel a batch at a time: one page's worth (default 512 MB)
-        "buffersize": page_bytes,
-        **layout.write_args(),
-    }
-    kind = kind_arg(layout.kind)
-    data = regular_grid(data)
-    # the scratch array holds the pixels only: the TIFF's metadata is written from this run
-    settings = settings_of(stack, data, format="tiff-scratch", writer={"level": 1})
-    with resumable_output(
-        final,
-        settings,
-        folder=True,
-        resume=resume,
-        overwrite=overwrite,
-        nbytes=2 * int(data.nbytes),  # the scratch array, then the pages
-        compressed=True,
-    ) as job:
-        data = job.align(data)
-        scratch = os.fspath(job.partial)
-        if job.fresh:
-            array = create_aligned_array(
-                scratch, data, axes=stack.axes, level=1, dimension_names=False
-            )
-        else:
-            array = open_aligned_array(scratch, data)
-        store_resumable([(data, array, job)])
+@dataclass(frozen=True, slots=True)
+class TiffWriter:
+    """A TIFF output (see :class:`zchunk.sinks._write.Writer`).
 
-        def commit(tmp: Path) -> None:  # recorded as `output`, made from this scratch array
-            commit_output(tmp, final, output, overwrite=overwrite, partial=job.settings)
+    Uncompressed, the partial output is the TIFF itself, laid out first and filled block by
+    block in place. Compressed, it is a scratch zarr array (one shard per block) from which
+    :meth:`export` encodes the pages in order once every block is there.
+    """
 
-        with (
-            atomic_output(final, overwrite=overwrite, commit=commit) as tmp,
-            tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind) as tiff,
-        ):
+    stack: Stack
+    layout: Layout
+    compression: str | None = None
+    format: str = "tiff"
+
+    @property
+    def folder(self) -> bool:
+        """Compressed: the partial output is a (scratch) zarr folder."""
+        return self.compression is not None
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the pages are compressed."""
+        return self.compression is not None
+
+    @property
+    def scratch(self) -> bool:
+        """Compressed: the pages are exported from a scratch array."""
+        return self.compression is not None
+
+    def settings(self, data: da.Array, /) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return what the TIFF holds besides its pixels, and its compression."""
+        options = {"compression": self.compression} if self.compression else {}
+        return layout_record(self.layout), options
+
+    def create(self, partial: Path, data: da.Array, /) -> Any:
+        """Lay the TIFF out (uncompressed), or create the scratch array (compressed)."""
+        if self.compression:
+            return create_scratch(partial, data, axes=self.stack.axes)
+        return _lay_out(partial, self.layout)
+
+    def reopen(self, partial: Path, data: da.Array, /) -> Any:
+        """Open the partial TIFF or scratch array of an interrupted run.
+
+        A partial TIFF that cannot be read back (killed while tifffile wrote its header, or
+        cut short by a power cut) is laid out again: the markers of its blocks then no longer
+        match what it stores, so every block is computed again.
+        """
+        if self.compression:
+            return open_aligned_array(os.fspath(partial), data)
+        try:
+            offset = _data_offset(partial, self.layout)
+        except PartialOutputError:
+            return _lay_out(partial, self.layout)
+        return _FileRegions(os.fspath(partial), offset, self.layout.shape, self.layout.dtype)
+
+    def finish(self, partial: Path, data: da.Array, /) -> None:
+        """Nothing to add: the pixels are all there is."""
+
+    def export(self, scratch: Path, data: da.Array, tmp: Path, /) -> None:
+        """Encode the pages of the compressed TIFF `tmp` in order, one at a time, from `scratch`."""
+        layout = self.layout
+        array = open_aligned_array(os.fspath(scratch), data)
+        write_args = {
+            "compression": self.compression,
+            # strips are encoded in parallel a batch at a time: one page's worth (default 512 MB)
+            "buffersize": math.prod(layout.shape[-2:]) * layout.dtype.itemsize,
+            **layout.write_args(),
+        }
+        with tifffile.TiffWriter(tmp, bigtiff=layout.bigtiff, **kind_arg(layout.kind)) as tiff:
             if data.ndim == 2:
                 tiff.write(np.asarray(array[...]), **write_args)
             else:
                 tiff.write(_pages(array, layout.shape), **write_args)
-        job.discard()
 
 
 def to_tiff(
@@ -413,20 +400,5 @@ def to_tiff(
     check_writable(stack)
     codec = _normalize_compression(compression)
     stack = _tiff_order(stack)
-    layout = _layout(stack, ome=ome)
-    data = native_order(stack.data)
-    # what the finished TIFF holds, recorded with it (and the partial output's, uncompressed)
-    writer = {"compression": codec} if codec else {}
-    settings = settings_of(
-        stack, data, format="tiff", metadata=layout_record(layout), writer=writer
-    )
-    if resume and (done := finished_output(path, settings, overwrite=overwrite)):
-        return done
-    final = prepare_output(path, stack.attrs, overwrite=overwrite)
-    if codec is None:
-        _write_uncompressed(final, settings, data, layout, resume=resume, overwrite=overwrite)
-    else:
-        _write_compressed(
-            final, stack, data, layout, codec, output=settings, resume=resume, overwrite=overwrite
-        )
-    return final
+    writer = TiffWriter(stack, _layout(stack, ome=ome), codec)
+    return write(writer, stack, path, overwrite=overwrite, resume=resume)

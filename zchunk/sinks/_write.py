@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from zchunk.errors import StackFormatError
-from zchunk.sinks._atomic import prepare_output
+from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.sinks._done import commit_output
 from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
 from zchunk.sinks._settings import settings_of
 
@@ -27,7 +28,18 @@ if TYPE_CHECKING:
     from zchunk._types import PathLike
     from zchunk.stack import Stack
 
-__all__ = ["Writer", "check_writable", "native_order", "regular_grid", "write"]
+__all__ = [
+    "SCRATCH_LEVEL",
+    "Writer",
+    "check_writable",
+    "native_order",
+    "regular_grid",
+    "scratch_settings",
+    "write",
+]
+
+#: zstd level of scratch arrays (read back once, then deleted): fast rather than small.
+SCRATCH_LEVEL = 1
 
 
 def check_writable(stack: Stack) -> None:
@@ -107,6 +119,10 @@ class Writer(Protocol):
         Whether the output is a folder (zarr) rather than one file.
     compressed : bool
         Whether the output is compressed (its uncompressed size is an upper bound).
+    scratch : bool, optional
+        Whether the partial output is a scratch zarr array that :meth:`export` writes the
+        output from (a compressed TIFF, whose pages must be written in order), rather than the
+        output itself. Absent means False, and :meth:`export` is not needed.
     """
 
     @property
@@ -139,6 +155,11 @@ class Writer(Protocol):
         ...
 
 
+def scratch_settings(stack: Stack, data: da.Array, format: str) -> dict[str, Any]:
+    """Return the settings of a scratch array holding `data` (pixels only, no metadata)."""
+    return settings_of(stack, data, format=format, writer={"level": SCRATCH_LEVEL})
+
+
 def write(
     writer: Writer, stack: Stack, path: PathLike, /, *, overwrite: bool, resume: bool
 ) -> Path:
@@ -147,24 +168,36 @@ def write(
     Returns the absolute output path; raises as :func:`zchunk.sinks.save` says.
     """
     check_writable(stack)
-    data = regular_grid(native_order(stack.data))
+    data = native_order(stack.data)
+    if writer.folder:  # zarr: blocks on a regular grid, one shard each
+        data = regular_grid(data)
     metadata, options = writer.settings(data)
     settings = settings_of(stack, data, format=writer.format, metadata=metadata, writer=options)
     if resume and (done := finished_output(path, settings, overwrite=overwrite)):
         return done
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
+    scratch = bool(getattr(writer, "scratch", False))
     with resumable_output(
         final,
-        settings,
+        scratch_settings(stack, data, f"{writer.format}-scratch") if scratch else settings,
         folder=writer.folder,
         resume=resume,
         overwrite=overwrite,
-        nbytes=int(data.nbytes),
+        nbytes=int(data.nbytes) * (2 if scratch else 1),  # a scratch array, then the output
         compressed=writer.compressed,
     ) as job:
         data = job.align(data)
         target = writer.create(job.partial, data) if job.fresh else writer.reopen(job.partial, data)
         store_resumable([(data, target, job)])
         writer.finish(job.partial, data)
-        job.commit(overwrite=overwrite)
+        if not scratch:
+            job.commit(overwrite=overwrite)
+            return final
+
+        def commit(tmp: Path) -> None:  # recorded with `settings`, made from this scratch
+            commit_output(tmp, final, settings, overwrite=overwrite, partial=job.settings)
+
+        with atomic_output(final, overwrite=overwrite, commit=commit) as tmp:
+            writer.export(job.partial, data, tmp)  # type: ignore[attr-defined]
+        job.discard()
     return final

@@ -26,7 +26,7 @@ import numpy as np
 
 from zchunk.errors import PartialOutputError
 from zchunk.sinks._atomic import GuardedTarget
-from zchunk.sinks._write import check_writable, native_order, regular_grid, write
+from zchunk.sinks._write import SCRATCH_LEVEL, check_writable, native_order, regular_grid, write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_writable",
     "create_aligned_array",
+    "create_scratch",
     "native_order",
     "open_aligned_array",
     "regular_grid",
@@ -156,6 +157,13 @@ def create_aligned_array(
             **common,
         )
     return array
+
+
+def create_scratch(path: Path, data: da.Array, /, *, axes: str) -> zarr.Array[Any]:
+    """Create the scratch array of `data` at `path`: read back once, so fast to compress."""
+    return create_aligned_array(
+        os.fspath(path), data, axes=axes, level=SCRATCH_LEVEL, dimension_names=False
+    )
 
 
 def open_aligned_array(
