@@ -121,7 +121,7 @@ def case_zchunk(p: dict[str, Any]) -> dict[str, Any]:
     import zarr
 
     import zchunk
-    from zchunk.pipeline import run_filter
+    from zchunk.pipeline import RunOptions, run_filter
 
     name, params, _ = FILTERS[p["case"]]
     params = {**params, "dtype": "uint16"}
@@ -133,7 +133,7 @@ def case_zchunk(p: dict[str, Any]) -> dict[str, Any]:
     out = os.path.join(folder, "f.zarr")
     try:
         wall, summary = h.timed(
-            lambda: run_filter(p["path"], name, out, params=params, progress=False)
+            lambda: run_filter(p["path"], name, out, RunOptions(progress=False), params=params)
         )
         arr = zarr.open_array(out, mode="r")
         _check(p["path"], p["case"], lambda y, x, n: arr[:, y : y + n, x : x + n], seed=1)

@@ -3,7 +3,7 @@
 One generated uint16 stack (default 250 x 2048 x 2048 = 2.1 GB, one uncompressed multi-page TIFF,
 the same file as bench_read.py's "uncompressed" layout, seed 1) is projected along z by:
 
-- zchunk: ``zchunk.pipeline.run_project(path, methods, folder, overwrite=True)`` with the default
+- zchunk: ``zchunk.pipeline.run_project(path, methods, folder, RunOptions(overwrite=True))`` with the default
   memory budget and TIFF outputs, as ``zchunk project`` runs it: ``max``, ``median``, and
   ``max+median`` from one read (``project_many`` + ``save_many``);
 - numpy: ``tifffile.imread`` then ``np.max``/``np.median(axis=0)`` (the time includes the read);
@@ -95,12 +95,14 @@ def case_zchunk(p: dict[str, Any]) -> dict[str, Any]:
 
     import zchunk
     from zchunk.chunking import default_memory_limit
-    from zchunk.pipeline import run_project
+    from zchunk.pipeline import RunOptions, run_project
 
     folder = tempfile.mkdtemp(prefix="bench-projection-", dir=p["tmp_dir"])
     try:
         wall, summary = h.timed(
-            lambda: run_project(p["path"], p["methods"], folder, overwrite=True, progress=False)
+            lambda: run_project(
+                p["path"], p["methods"], folder, RunOptions(overwrite=True, progress=False)
+            )
         )
         # TIFF outputs hold float32 (ImageJ reads no float64), exact for the median of
         # 16-bit data; widening to float64 is exact too, so numpy's values must match

@@ -66,8 +66,9 @@ def _worker_peak_rss_mb() -> float:
 
 
 def case_run(p: dict[str, Any]) -> dict[str, Any]:
-    from zchunk.pipeline import compute_context, run_project
+    from zchunk.pipeline import RunOptions, compute_context, run_project
 
+    QUIET = RunOptions(progress=False)
     folder = tempfile.mkdtemp(prefix="bench-scaling-", dir=p["tmp_dir"])
     try:
         t0 = time.perf_counter()
@@ -75,11 +76,9 @@ def case_run(p: dict[str, Any]) -> dict[str, Any]:
             startup = time.perf_counter() - t0
             # untimed: workers import zchunk and load the compiled kernels on their first task
             t0 = time.perf_counter()
-            run_project(p["tiny"], [p["method"]], os.path.join(folder, "warmup"), progress=False)
+            run_project(p["tiny"], [p["method"]], os.path.join(folder, "warmup"), QUIET)
             warmup = time.perf_counter() - t0
-            wall, summary = h.timed(
-                lambda: run_project(p["path"], [p["method"]], folder, progress=False)
-            )
+            wall, summary = h.timed(lambda: run_project(p["path"], [p["method"]], folder, QUIET))
             worker_rss = []
             if client is not None:
                 worker_rss = sorted(client.run(_worker_peak_rss_mb).values())
@@ -97,13 +96,13 @@ def case_run(p: dict[str, Any]) -> dict[str, Any]:
 
 def case_prepare(p: dict[str, Any]) -> dict[str, Any]:
     """Write the input (before any clock) and fill numba's cache with a tiny untimed run."""
-    from zchunk.pipeline import run_project
+    from zchunk.pipeline import RunOptions, run_project
 
     path = make_input(tuple(p["shape"]))
     tiny = make_input((6, 64, 64))
     folder = tempfile.mkdtemp(prefix="bench-scaling-", dir=p["tmp_dir"])
     try:
-        run_project(str(tiny), list(METHODS), folder, progress=False)
+        run_project(str(tiny), list(METHODS), folder, RunOptions(progress=False))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"wall_s": 0.0, "path": str(path), "tiny": str(tiny)}

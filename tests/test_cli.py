@@ -316,22 +316,14 @@ def test_python_filter_plans_the_chunks_the_cli_plans(tmp_path, name, params):
     import tifffile
 
     import zchunk
-    from zchunk.chunking import Budget
-    from zchunk.pipeline import _open_filtered
+    from zchunk.pipeline import RunOptions, _Run
 
     data = blobs((6, 300, 200), "uint16", seed=3)
     path = str(tmp_path / "s.tif")
     tifffile.imwrite(path, data)
     python = zchunk.filter(zchunk.open(path, memory_limit="2MB"), name, **params)
-    _, cli = _open_filtered(
-        path,
-        (name, params),
-        axes=None,
-        budget=Budget.parse("2MB"),
-        whole="z",
-        allow_incomplete=False,
-        scale=None,
-    )
+    with _Run(RunOptions(memory_limit="2MB")) as run:  # as the CLI's filter opens it
+        _, cli = run.open(path, (name, params), whole="z")
     assert python.data.chunks == cli.data.chunks
     assert python.data.numblocks[1] > 1
     assert python.plan == cli.plan

@@ -24,7 +24,7 @@ from distributed import Client, LocalCluster
 
 import zchunk
 from zchunk.cli import main
-from zchunk.pipeline import WORKER_OVERHEAD, compute_context, run_filter, run_project
+from zchunk.pipeline import WORKER_OVERHEAD, RunOptions, compute_context, run_filter, run_project
 from zchunk.testing import write_tiff_stack
 
 SHAPE = (12, 256, 96)
@@ -59,6 +59,9 @@ def read(path):
     return tifffile.imread(path)
 
 
+QUIET = RunOptions(progress=False)
+
+
 def assert_same_outputs(a, b):
     """Outputs `a` and `b` (dicts name -> path) hold identical pixels; TIFFs identical bytes."""
     assert sorted(a) == sorted(b)
@@ -71,14 +74,14 @@ def assert_same_outputs(a, b):
 
 
 def _run(kind, source, out, scheduler, fmt, compression):
-    common = {"memory_limit": BUDGET, "workers": 2, "progress": False, "compression": compression}
+    options = RunOptions(
+        memory_limit=BUDGET, workers=2, progress=False, compression=compression, scheduler=scheduler
+    )
     if kind == "project":
-        s = run_project(source, ["max", "median"], str(out), fmt=fmt, scheduler=scheduler, **common)
+        s = run_project(source, ["max", "median"], str(out), options, fmt=fmt)
     else:
         out = out.with_suffix(f".{fmt}")
-        s = run_filter(
-            source, "gaussian", str(out), params={"sigma": 1.5}, scheduler=scheduler, **common
-        )
+        s = run_filter(source, "gaussian", str(out), options, params={"sigma": 1.5})
     return s
 
 
@@ -125,7 +128,10 @@ def test_cli_against_cluster_address(cluster, source, tmp_path, capsys):
 def test_active_client_is_used(cluster, source, tmp_path):
     with Client(cluster.scheduler_address) as client:
         summary = run_project(
-            source, ["max"], str(tmp_path / "m.zarr"), memory_limit=BUDGET, progress=False
+            source,
+            ["max"],
+            str(tmp_path / "m.zarr"),
+            RunOptions(memory_limit=BUDGET, progress=False),
         )
         assert summary["scheduler"] == client.scheduler.address
         assert client.status == "running"  # used, not closed
@@ -134,9 +140,7 @@ def test_active_client_is_used(cluster, source, tmp_path):
             source,
             ["max"],
             str(tmp_path / "t.zarr"),
-            memory_limit=BUDGET,
-            scheduler="threads",
-            progress=False,
+            RunOptions(memory_limit=BUDGET, scheduler="threads", progress=False),
         )
         assert summary["scheduler"] == "threads"
     assert_same_outputs({"m": tmp_path / "m.zarr"}, {"m": tmp_path / "t.zarr"})
@@ -146,7 +150,7 @@ def test_enclosing_context_reaches_other_threads(cluster, source, tmp_path):
     summaries = []
 
     def run():
-        summaries.append(run_project(source, ["max"], str(tmp_path / "m.zarr"), progress=False))
+        summaries.append(run_project(source, ["max"], str(tmp_path / "m.zarr"), QUIET))
 
     with compute_context(cluster.scheduler_address):
         thread = threading.Thread(target=run)
@@ -154,7 +158,7 @@ def test_enclosing_context_reaches_other_threads(cluster, source, tmp_path):
         thread.join(timeout=60)
     assert [s["scheduler"] for s in summaries] == [cluster.scheduler_address]
     with compute_context("synchronous"):  # and a scheduler set in dask.config is kept
-        summary = run_project(source, ["max"], str(tmp_path / "s.zarr"), progress=False)
+        summary = run_project(source, ["max"], str(tmp_path / "s.zarr"), QUIET)
     assert summary["scheduler"] == "synchronous"
 
 

@@ -54,17 +54,17 @@ def baseline_mb(tmp_path_factory):
 
 def _project_code(src, out):
     return f"""
-        from zchunk.pipeline import run_project
-        run_project({src!r}, ["max", "median"], {str(out)!r}, memory_limit="{BUDGET_MB}MiB",
-                    progress=False)
+        from zchunk.pipeline import RunOptions, run_project
+        run_project({src!r}, ["max", "median"], {str(out)!r},
+                    RunOptions(memory_limit="{BUDGET_MB}MiB", progress=False))
     """
 
 
 def _filter_code(src, out):
     return f"""
-        from zchunk.pipeline import run_filter
-        run_filter({src!r}, "gaussian", {str(out)!r}, params={{"sigma": 2}},
-                   memory_limit="{BUDGET_MB}MiB", progress=False)
+        from zchunk.pipeline import RunOptions, run_filter
+        run_filter({src!r}, "gaussian", {str(out)!r},
+                   RunOptions(memory_limit="{BUDGET_MB}MiB", progress=False), params={{"sigma": 2}})
     """
 
 

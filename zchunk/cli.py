@@ -18,6 +18,8 @@ from zchunk.errors import ZChunkError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from zchunk._options import RunOptions
+
 __all__ = ["main"]
 
 #: The thread pools of numpy's and scipy's BLAS (each wheel bundles an OpenBLAS that starts one
@@ -166,37 +168,45 @@ def _print_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         )
 
 
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """Return the options of ``project``, ``filter`` and ``convert``, from their flags."""
+    from zchunk._options import RunOptions
+
+    return RunOptions(
+        axes=args.axes,
+        scale=_scale(args),
+        pattern=args.pattern,
+        allow_incomplete=args.allow_incomplete,
+        memory_limit=args.memory_limit,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        progress=False if args.quiet else args.progress,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        compression=args.compression,
+        pyramid=args.pyramid,
+        ngff_version=args.ngff_version,
+    )
+
+
 def _cmd_project(args: argparse.Namespace) -> int:
     from zchunk.pipeline import run_project
 
-    methods = args.method or ["max"]
     prefilter = None
     if args.gaussian is not None:
         prefilter = ("gaussian", {"sigma": args.gaussian, "per_plane": args.per_plane})
     summary = run_project(
         args.source,
-        methods,
+        args.method or ["max"],
         args.output,
+        _run_options(args),
         axis=args.axis,
         q=args.q,
         like=args.like,
         dtype=args.dtype,
         fmt=args.format,
-        compression=args.compression,
-        axes=args.axes,
-        memory_limit=args.memory_limit,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        scheduler_file=args.scheduler_file,
-        overwrite=args.overwrite,
-        progress=False if args.quiet else args.progress,
         prefilter=prefilter,
-        resume=args.resume,
-        allow_incomplete=args.allow_incomplete,
-        scale=_scale(args),
-        pyramid=args.pyramid,
-        ngff_version=args.ngff_version,
-        pattern=args.pattern,
     )
     _print_summary(args, summary)
     return 0
@@ -205,25 +215,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from zchunk.pipeline import run_convert
 
-    summary = run_convert(
-        args.source,
-        args.output,
-        compression=args.compression,
-        axes=args.axes,
-        memory_limit=args.memory_limit,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        scheduler_file=args.scheduler_file,
-        overwrite=args.overwrite,
-        progress=False if args.quiet else args.progress,
-        resume=args.resume,
-        allow_incomplete=args.allow_incomplete,
-        pyramid=args.pyramid,
-        scale=_scale(args),
-        ngff_version=args.ngff_version,
-        pattern=args.pattern,
-    )
-    _print_summary(args, summary)
+    _print_summary(args, run_convert(args.source, args.output, _run_options(args)))
     return 0
 
 
@@ -245,26 +237,8 @@ def _filter_params(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_filter(args: argparse.Namespace) -> int:
     from zchunk.pipeline import run_filter
 
-    summary = run_filter(
-        args.source,
-        args.name,
-        args.output,
-        params=_filter_params(args),
-        compression=args.compression,
-        axes=args.axes,
-        memory_limit=args.memory_limit,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        scheduler_file=args.scheduler_file,
-        overwrite=args.overwrite,
-        progress=False if args.quiet else args.progress,
-        resume=args.resume,
-        allow_incomplete=args.allow_incomplete,
-        pyramid=args.pyramid,
-        scale=_scale(args),
-        ngff_version=args.ngff_version,
-        pattern=args.pattern,
-    )
+    options = _run_options(args)
+    summary = run_filter(args.source, args.name, args.output, options, params=_filter_params(args))
     _print_summary(args, summary)
     return 0
 

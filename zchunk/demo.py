@@ -44,7 +44,7 @@ def run_demo(
     """
     import zchunk
     from zchunk.describe import format_info
-    from zchunk.pipeline import run_project
+    from zchunk.pipeline import RunOptions, run_project
 
     def say(text: str = "") -> None:
         if not quiet:
@@ -81,7 +81,10 @@ def run_demo(
         target = out / f"projections-{tag}"
         say(f"$ zchunk project {source} -m max -m median -o {target} --overwrite")
         summary = run_project(
-            str(source), ["max", "median"], str(target), overwrite=True, progress=progress
+            str(source),
+            ["max", "median"],
+            str(target),
+            RunOptions(overwrite=True, progress=progress),
         )
         say(
             f"  {summary['wall_s']:.2f} s ({summary['MB_per_s']:.0f} MB/s), "

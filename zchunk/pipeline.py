@@ -1,6 +1,9 @@
-"""The open -> ops -> sink jobs behind the CLI: project and filter, with a run summary.
+"""The open -> ops -> sink jobs behind the CLI: project, filter and convert, with a run summary.
 
-Schedulers, clusters and the progress bar live in :mod:`zchunk.scheduler` (re-exported here).
+Every job takes its shared options as one :class:`~zchunk._options.RunOptions` and runs the
+same sequence, owned by :class:`_Run`: choose the scheduler (:mod:`zchunk.scheduler`), open
+the input planned for what it is for, compute and write with a progress bar (removing output
+folders the run created if it fails), then summarise.
 """
 
 from __future__ import annotations
@@ -8,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from zchunk.chunking import PROJECTION, Budget, Purpose
+from zchunk._options import RunOptions
+from zchunk.chunking import PROJECTION, Purpose
 from zchunk.errors import OptionError
 from zchunk.scheduler import (
     SCHEDULERS,
@@ -26,6 +30,7 @@ from zchunk.sinks import FORMATS, SUFFIXES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from types import TracebackType
 
     from distributed import Client
 
@@ -36,6 +41,7 @@ __all__ = [
     "SCHEDULERS",
     "WORKER_OVERHEAD",
     "ProgressBar",
+    "RunOptions",
     "compute_context",
     "is_scheduler_address",
     "output_paths",
@@ -133,118 +139,6 @@ def _no_empty_new_folders(paths: Sequence[str]) -> Iterator[None]:
         raise
 
 
-def run_project(
-    source: Any,
-    methods: Sequence[str],
-    out: str,
-    *,
-    axis: str = "z",
-    q: float | None = None,
-    like: str = "numpy",
-    dtype: str | None = None,
-    fmt: str | None = None,
-    compression: str | None = None,
-    axes: str | None = None,
-    memory_limit: int | str | None = None,
-    workers: int | None = None,
-    scheduler: str | Client | None = None,
-    scheduler_file: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    prefilter: tuple[str, dict[str, Any]] | None = None,
-    resume: bool = False,
-    allow_incomplete: bool = False,
-    scale: dict[str, float] | None = None,
-    pyramid: int = 0,
-    ngff_version: str | None = None,
-    pattern: str | None = None,
-) -> dict[str, Any]:
-    """Open `source`, project it with every method in one read, and write the results.
-
-    `resume` continues the partial outputs of an interrupted run with the same settings;
-    `allow_incomplete` reads an input with missing blocks (as zeros) instead of refusing it.
-
-    `prefilter` = (filter name, parameters) filters the stack before projecting, in the same
-    streamed pass (each chunk is read, filtered and projected without being stored).
-
-    Returns a JSON-ready summary: inputs, outputs, methods, wall time, peak memory.
-    """
-    import zchunk
-    from zchunk.io import _tiff
-
-    t0 = time.perf_counter()
-    names = [result_name(m, q) for m in methods]
-    paths, _ = output_paths(out, names, fmt)
-    _tiff.READ_STATS.reset()
-    budget = Budget.parse(memory_limit, workers)
-    run: dict[str, Any] = {
-        "workers": workers,
-        "memory_limit": budget,
-        "scheduler_file": scheduler_file,
-    }
-    with compute_context(scheduler, **run) as client:
-        used = scheduler_label(scheduler, client)
-        source_stack, stack = _open_filtered(
-            source,
-            prefilter,
-            axes=axes,
-            budget=_on(budget, client, workers),
-            whole=axis,
-            allow_incomplete=allow_incomplete,
-            scale=scale,
-            pattern=pattern,
-        )
-        results = zchunk.project_many(
-            stack,
-            list(methods),
-            axis=axis,
-            q=q,
-            like=like,
-            dtype=dtype,
-        )
-        by_name = {result_name(m, q): r for m, r in results.items()}
-        notes: list[str] = []
-        if dtype is None:
-            n = stack.sizes[axis]
-            for (method, result), name in zip(results.items(), names, strict=True):
-                by_name[name] = _imagej_readable(result, paths[name], method, stack.dtype, n, notes)
-        with (
-            compute_context(
-                scheduler,
-                **run,
-                progress=progress_enabled(progress),
-                description=f"{'+'.join(names)} of {source_stack.name}",
-                nbytes=int(source_stack.data.nbytes),
-            ),
-            _no_empty_new_folders(list(paths.values())),
-        ):
-            written = zchunk.save_many(
-                by_name,
-                paths,
-                overwrite=overwrite,
-                compression=compression,
-                resume=resume,
-                pyramid=pyramid,
-                ngff_version=ngff_version,
-            )
-    return _summary(
-        "project",
-        source,
-        source_stack,
-        written,
-        t0,
-        remote=client is not None,
-        workers=workers,
-        scheduler=used,
-        methods=list(methods),
-        axis=axis,
-        like=like,
-        output_shape=list(next(iter(results.values())).shape),
-        output_dtypes={k: str(v.dtype) for k, v in by_name.items()},
-        notes=notes,
-    )
-
-
 def _imagej_readable(
     result: Stack, path: str, method: str, dtype: Any, n: int, notes: list[str]
 ) -> Stack:
@@ -269,243 +163,214 @@ def _imagej_readable(
     return result.replace(data=result.data.astype(np.float32))
 
 
-def _open_filtered(
-    source: Any,
-    prefilter: tuple[str, dict[str, Any]] | None,
-    *,
-    axes: str | None,
-    budget: Budget,
-    whole: str,
-    allow_incomplete: bool,
-    scale: dict[str, float] | None,
-    pattern: str | None = None,
-) -> tuple[Stack, Stack]:
-    """Open `source` (planned for the filter, if any) and apply the filter: (opened, result).
+class _Run:
+    """One job: its options, budget, scheduler, clock and read counts (a context manager).
 
-    The chunks are planned for what they are for (:class:`zchunk.chunking.Purpose`), as
-    ``zchunk.filter`` plans them: opening for the filter directly spares a second read of the
-    headers.
+    Entering resets the read counts, parses the budget and enters the job's
+    :func:`compute_context`; :meth:`open`, :meth:`computing` and :meth:`summary` are the
+    steps every job takes with them.
+    """
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.budget = options.budget()
+        self.client: Client | None = None
+        self.label = ""
+        self.t0 = time.perf_counter()
+        self._stack = contextlib.ExitStack()
+
+    def _where(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "workers": o.workers,
+            "memory_limit": self.budget,
+            "scheduler_file": o.scheduler_file,
+        }
+
+    def __enter__(self) -> Self:
+        from zchunk.io import _tiff
+
+        _tiff.READ_STATS.reset()
+        with self._stack as stack:
+            self.client = stack.enter_context(
+                compute_context(self.options.scheduler, **self._where())
+            )
+            self.label = scheduler_label(self.options.scheduler, self.client)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return self._stack.__exit__(kind, exc, tb)
+
+    def open(
+        self, source: Any, prefilter: tuple[str, dict[str, Any]] | None, *, whole: str
+    ) -> tuple[Stack, Stack]:
+        """Open `source` (planned for the filter, if any) and apply the filter: (opened, result).
+
+        The chunks are planned for what they are for (:class:`zchunk.chunking.Purpose`), as
+        ``zchunk.filter`` plans them: opening for the filter directly spares a second read
+        of the headers. A cluster's threads share the budget unless ``workers`` says.
+        """
+        import zchunk
+        from zchunk.io import open_planned
+
+        budget = self.budget
+        threads = sum(self.client.nthreads().values()) if self.client is not None else 0
+        if threads and self.options.workers is None:
+            budget = budget.with_workers(threads)
+        purpose = PROJECTION
+        if prefilter is not None:
+            from zchunk.ops.filters import halo_pixels
+
+            purpose = Purpose.filter(halo_pixels(prefilter[0], **prefilter[1]))
+        stack = open_planned(
+            source, budget=budget, whole=whole, purpose=purpose, **self.options.read_options()
+        )
+        if prefilter is None:
+            return stack, stack
+        return stack, zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def computing(self, description: str, stack: Stack, outputs: Sequence[str]) -> Iterator[None]:
+        """Compute inside with the progress bar over `stack`'s bytes; clean new empty folders."""
+        with (
+            compute_context(
+                self.options.scheduler,
+                **self._where(),
+                progress=progress_enabled(self.options.progress),
+                description=description,
+                nbytes=int(stack.data.nbytes),
+            ),
+            _no_empty_new_folders(outputs),
+        ):
+            yield
+
+    def summary(
+        self, command: str, source: Any, stack: Stack, written: dict[str, Any], **fields: Any
+    ) -> dict[str, Any]:
+        """Return the JSON-ready summary of the job (`stack` is the input as opened)."""
+        from zchunk.io import _tiff
+
+        wall = time.perf_counter() - self.t0
+        return {
+            "command": command,
+            "input": str(source),
+            "input_shape": list(stack.shape),
+            "input_axes": stack.axes,
+            "input_bytes": int(stack.data.nbytes),
+            "outputs": {k: str(v) for k, v in written.items()},
+            "wall_s": round(wall, 3),
+            "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            # counted in this process: unknown when workers in other processes read
+            "bytes_read": None if self.client is not None else _tiff.READ_STATS.bytes_read,
+            "workers": self.options.workers,
+            "scheduler": self.label,
+            **fields,
+        }
+
+
+def run_project(
+    source: Any,
+    methods: Sequence[str],
+    out: str,
+    options: RunOptions | None = None,
+    *,
+    axis: str = "z",
+    q: float | None = None,
+    like: str = "numpy",
+    dtype: str | None = None,
+    fmt: str | None = None,
+    prefilter: tuple[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Open `source`, project it with every method in one read, and write the results.
+
+    `options` say how to read, compute and write (resume, overwrite, scheduler...).
+    `prefilter` = (filter name, parameters) filters the stack before projecting, in the same
+    streamed pass (each chunk is read, filtered and projected without being stored).
+
+    Returns a JSON-ready summary: inputs, outputs, methods, wall time, peak memory.
     """
     import zchunk
-    from zchunk.io import open_planned
 
-    purpose = PROJECTION
-    if prefilter is not None:
-        from zchunk.ops.filters import halo_pixels
-
-        purpose = Purpose.filter(halo_pixels(prefilter[0], **prefilter[1]))
-    stack = open_planned(
+    names = [result_name(m, q) for m in methods]
+    paths, _ = output_paths(out, names, fmt)
+    with _Run(options or RunOptions()) as run:
+        source_stack, stack = run.open(source, prefilter, whole=axis)
+        results = zchunk.project_many(stack, list(methods), axis=axis, q=q, like=like, dtype=dtype)
+        by_name = {result_name(m, q): r for m, r in results.items()}
+        notes: list[str] = []
+        if dtype is None:
+            n = stack.sizes[axis]
+            for (method, result), name in zip(results.items(), names, strict=True):
+                by_name[name] = _imagej_readable(result, paths[name], method, stack.dtype, n, notes)
+        description = f"{'+'.join(names)} of {source_stack.name}"
+        with run.computing(description, source_stack, list(paths.values())):
+            written = zchunk.save_many(by_name, paths, **run.options.save_options())
+    return run.summary(
+        "project",
         source,
-        axes=axes,
-        budget=budget,
-        whole=whole,
-        purpose=purpose,
-        allow_incomplete=allow_incomplete,
-        scale=scale,
-        pattern=pattern,
+        source_stack,
+        written,
+        methods=list(methods),
+        axis=axis,
+        like=like,
+        output_shape=list(next(iter(results.values())).shape),
+        output_dtypes={k: str(v.dtype) for k, v in by_name.items()},
+        notes=notes,
     )
-    if prefilter is None:
-        return stack, stack
-    return stack, zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]
-
-
-def _on(budget: Budget, client: Client | None, workers: int | None) -> Budget:
-    """Return `budget` shared by the threads of `client`'s cluster, unless `workers` says."""
-    if client is None or workers is not None:
-        return budget
-    threads = sum(client.nthreads().values())
-    return budget.with_workers(threads) if threads else budget
-
-
-def _summary(
-    command: str,
-    source: Any,
-    stack: Stack,
-    written: dict[str, Any],
-    t0: float,
-    *,
-    remote: bool,
-    **fields: Any,
-) -> dict[str, Any]:
-    """Return the JSON-ready summary of a run (`stack` is the input as opened)."""
-    from zchunk.io import _tiff
-
-    wall = time.perf_counter() - t0
-    return {
-        "command": command,
-        "input": str(source),
-        "input_shape": list(stack.shape),
-        "input_axes": stack.axes,
-        "input_bytes": int(stack.data.nbytes),
-        "outputs": {k: str(v) for k, v in written.items()},
-        "wall_s": round(wall, 3),
-        "MB_per_s": round(stack.data.nbytes / wall / 1e6, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        # counted in this process: unknown when workers in other processes read
-        "bytes_read": None if remote else _tiff.READ_STATS.bytes_read,
-        **fields,
-    }
 
 
 def run_filter(
     source: Any,
     name: str,
     out: str,
+    options: RunOptions | None = None,
     *,
     params: dict[str, Any],
-    compression: str | None = None,
-    axes: str | None = None,
-    memory_limit: int | str | None = None,
-    workers: int | None = None,
-    scheduler: str | Client | None = None,
-    scheduler_file: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    resume: bool = False,
-    allow_incomplete: bool = False,
-    pyramid: int = 0,
-    scale: dict[str, float] | None = None,
-    ngff_version: str | None = None,
-    pattern: str | None = None,
 ) -> dict[str, Any]:
     """Open `source`, filter the whole volume chunk by chunk and write it to `out`.
 
-    `resume` continues the partial output of an interrupted run with the same settings;
-    `allow_incomplete` reads an input with missing blocks (as zeros) instead of refusing it;
-    `pyramid` adds that many downsampled levels to an OME-Zarr output.
+    `params` are the filter's (sigma, size...); `options` say how to read, compute and write.
 
     Returns a JSON-ready summary: input, output, filter, wall time, peak memory.
     """
     import zchunk
-    from zchunk.io import _tiff
 
-    t0 = time.perf_counter()
-    _tiff.READ_STATS.reset()
-    budget = Budget.parse(memory_limit, workers)
-    run: dict[str, Any] = {
-        "workers": workers,
-        "memory_limit": budget,
-        "scheduler_file": scheduler_file,
-    }
-    with compute_context(scheduler, **run) as client:
-        used = scheduler_label(scheduler, client)
-        stack, result = _open_filtered(
-            source,
-            (name, params),
-            axes=axes,
-            budget=_on(budget, client, workers),
-            whole="z",
-            allow_incomplete=allow_incomplete,
-            scale=scale,
-            pattern=pattern,
-        )
-        with compute_context(
-            scheduler,
-            **run,
-            progress=progress_enabled(progress),
-            description=f"{name} of {stack.name}",
-            nbytes=int(stack.data.nbytes),
-        ):
-            extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
-            if ngff_version is not None:
-                extra["ngff_version"] = ngff_version
-            with _no_empty_new_folders([out]):
-                written = zchunk.save(
-                    result,
-                    out,
-                    overwrite=overwrite,
-                    compression=compression,
-                    resume=resume,
-                    **extra,
-                )
-    return _summary(
+    with _Run(options or RunOptions()) as run:
+        stack, result = run.open(source, (name, params), whole="z")
+        with run.computing(f"{name} of {stack.name}", stack, [out]):
+            written = zchunk.save(result, out, **run.options.save_options())
+    return run.summary(
         "filter",
         source,
         stack,
         {name: written},
-        t0,
-        remote=client is not None,
-        workers=workers,
-        scheduler=used,
         filter=dict(result.attrs.get("filter", {"name": name})),
         output_dtype=str(result.dtype),
     )
 
 
-def run_convert(
-    source: Any,
-    out: str,
-    *,
-    compression: str | None = None,
-    axes: str | None = None,
-    memory_limit: int | str | None = None,
-    workers: int | None = None,
-    scheduler: str | Client | None = None,
-    scheduler_file: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    resume: bool = False,
-    allow_incomplete: bool = False,
-    pyramid: int = 0,
-    scale: dict[str, float] | None = None,
-    ngff_version: str | None = None,
-    pattern: str | None = None,
-) -> dict[str, Any]:
+def run_convert(source: Any, out: str, options: RunOptions | None = None) -> dict[str, Any]:
     """Open `source` and write it to `out` (format from the suffix), pixels unchanged.
 
     Axes, calibration and channel names and colours go with the pixels; the dtype is kept
     (a 64-bit input gives a TIFF that ImageJ cannot open: convert to zarr instead). Resumable
-    (`resume`) as every output; `pyramid` adds levels to an OME-Zarr output.
+    as every output; ``options.pyramid`` adds levels to an OME-Zarr output.
 
     Returns a JSON-ready summary: input, output, wall time, peak memory.
     """
     import zchunk
-    from zchunk.io import _tiff
 
-    t0 = time.perf_counter()
-    _tiff.READ_STATS.reset()
-    budget = Budget.parse(memory_limit, workers)
-    run: dict[str, Any] = {
-        "workers": workers,
-        "memory_limit": budget,
-        "scheduler_file": scheduler_file,
-    }
-    with compute_context(scheduler, **run) as client:
-        used = scheduler_label(scheduler, client)
-        stack, _ = _open_filtered(
-            source,
-            None,
-            axes=axes,
-            budget=_on(budget, client, workers),
-            whole="z",
-            allow_incomplete=allow_incomplete,
-            scale=scale,
-            pattern=pattern,
-        )
-        with (
-            compute_context(
-                scheduler,
-                **run,
-                progress=progress_enabled(progress),
-                description=f"convert {stack.name}",
-                nbytes=int(stack.data.nbytes),
-            ),
-            _no_empty_new_folders([out]),
-        ):
-            extra: dict[str, Any] = {"pyramid": pyramid} if pyramid else {}
-            if ngff_version is not None:
-                extra["ngff_version"] = ngff_version
-            written = zchunk.save(
-                stack, out, overwrite=overwrite, compression=compression, resume=resume, **extra
-            )
-    return _summary(
-        "convert",
-        source,
-        stack,
-        {"convert": written},
-        t0,
-        remote=client is not None,
-        workers=workers,
-        scheduler=used,
-        output_dtype=str(stack.dtype),
+    with _Run(options or RunOptions()) as run:
+        stack, _ = run.open(source, None, whole="z")
+        with run.computing(f"convert {stack.name}", stack, [out]):
+            written = zchunk.save(stack, out, **run.options.save_options())
+    return run.summary(
+        "convert", source, stack, {"convert": written}, output_dtype=str(stack.dtype)
     )
