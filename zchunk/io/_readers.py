@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import dask.array as da
 
     from zchunk.chunking import Budget, ChunkPlan, Purpose
+    from zchunk.io._tiff_layout import BlockSpec
 
 __all__ = ["READERS", "Found", "Reader", "Request", "open_array"]
 
@@ -115,7 +116,7 @@ def _calibration(
 
 
 def _read_tasks(
-    make_spec: Callable[[tuple[slice, ...]], _tiff.BlockSpec], dtype: np.dtype[Any]
+    make_spec: Callable[[tuple[slice, ...]], BlockSpec], dtype: np.dtype[Any]
 ) -> Callable[[tuple[slice, ...]], tuple[Any, ...]]:
     """Return the task reading the block at `slices` (zeros for an empty block)."""
 

@@ -1,4 +1,4 @@
-"""Parsing TIFF headers into a :class:`~zchunk.io._tiff.TiffLayout` (runs once, in ``open()``).
+"""Parsing TIFF headers into a :class:`~zchunk.io._tiff_layout.TiffLayout` (runs once, in ``open()``).
 
 A multi-page file or a sequence of single-page files: the pages (or files) checked for one shape,
 dtype and layout, every plane's segment offsets and byte counts tabled (computed, not read, for
@@ -19,8 +19,8 @@ import numpy as np
 import tifffile
 
 from zchunk.errors import CorruptDataError, SourceNotFoundError, StackFormatError, ZChunkError
-from zchunk.io._tiff import FileId, TiffLayout
 from zchunk.io._tiff_damage import describe, plain
+from zchunk.io._tiff_layout import FileId, TiffLayout
 from zchunk.io._tiff_open import _TiffLogCapture, open_tiff, strict
 
 if TYPE_CHECKING:
