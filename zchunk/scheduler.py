@@ -1,18 +1,17 @@
-"""Where computations run, and how far they are: schedulers, clusters, the progress bar.
+"""Where computations run: dask's local schedulers, a local cluster, or a running scheduler.
 
 Library code never sets global dask configuration; the CLI and scripts choose the scheduler
 here, inside ``with compute_context(...)`` blocks: dask's threads (default), a local
-``dask.distributed`` cluster of processes, or a running scheduler by address or file.
+``dask.distributed`` cluster of processes, or a running scheduler by address or file. How far
+a computation is, :mod:`zchunk.progress` shows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import sys
-import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,14 +19,12 @@ from typing import TYPE_CHECKING, Any
 import dask
 import dask.local
 import dask.threaded
-from dask.callbacks import Callback
 
 from zchunk.chunking import Budget
 from zchunk.errors import OptionError
+from zchunk.progress import ProgressBar, gather_with_progress
 
 if TYPE_CHECKING:
-    import asyncio
-    import concurrent.futures
     from collections.abc import Iterator
 
     from distributed import Client
@@ -50,9 +47,6 @@ SCHEDULERS = ("threads", "processes", "synchronous")
 #: headroom so that a worker within its share stays below the nanny's pause (80 %) and
 #: terminate (95 %) thresholds.
 WORKER_OVERHEAD = 512 * 2**20
-
-#: Longest wait, in seconds, for the scheduler's last progress report after a computation.
-_PROGRESS_TIMEOUT = 10.0
 
 #: The local schedulers as the functions dask calls. ``dask.config`` holds the function, not its
 #: name: given a name (or nothing), every ``compute`` first imports ``distributed`` to look for
@@ -80,112 +74,6 @@ def is_scheduler_address(scheduler: str) -> bool:
     return bool(_ADDRESS.match(scheduler))
 
 
-class ProgressBar(Callback):
-    """A rich progress bar on stderr over dask tasks: tasks done / total, MB/s, time left.
-
-    Entered as a context manager it follows dask's local schedulers (it is a dask
-    ``Callback``). Under a ``distributed.Client``, :func:`compute_context` feeds it with
-    :meth:`update` from the scheduler's task counts instead.
-
-    Parameters
-    ----------
-    description : str
-        Label of the bar.
-    nbytes : int
-        Bytes of input the computation reads, for the MB/s column (0: no rate).
-    """
-
-    def __init__(self, description: str, *, nbytes: int = 0) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._nbytes = nbytes
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task(description, total=None, rate="")
-        self._started = 0.0
-        self._running = False
-
-    def begin(self, total: int, done: int = 0) -> None:
-        """Start showing a computation of `total` tasks, `done` of them already finished."""
-        self._started = time.perf_counter()
-        self._progress.update(self._task, total=total, completed=done)
-        if not self._running:
-            self._progress.start()
-            self._running = True
-
-    def update(self, done: int, total: int | None = None) -> None:
-        """Show `done` tasks finished (of `total`, if it changed)."""
-        if total is not None:
-            self._progress.update(self._task, total=total)
-        total = int(self._progress.tasks[0].total or 1)
-        rate = ""
-        elapsed = time.perf_counter() - self._started
-        if self._nbytes and elapsed > 0:
-            rate = f"{self._nbytes * done / total / elapsed / 1e6:.0f} MB/s"
-        self._progress.update(self._task, completed=done, rate=rate)
-
-    def end(self) -> None:
-        """Stop the bar, leaving its last state on stderr."""
-        if self._running:
-            self._progress.stop()
-            self._running = False
-
-    def _start_state(self, dsk: Any, state: Any) -> None:
-        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self.begin(total, len(state["finished"]))
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        self.update(len(state["finished"]))
-
-    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        self.end()
-
-
-@functools.cache
-def _scheduler_watcher() -> type[Any]:
-    """Return the class that relays a scheduler's task counts to a :class:`ProgressBar`.
-
-    It is distributed's own progress machinery (the one behind ``distributed.progress``): a
-    temporary plugin on the scheduler counts the tasks that the given futures depend on and
-    reports the number left every 100 ms over a separate connection.
-    """
-    from distributed.diagnostics.progressbar import ProgressBar as DistributedProgressBar
-
-    class Watcher(DistributedProgressBar):
-        def __init__(self, futures: list[Any], address: str, bar: ProgressBar) -> None:
-            super().__init__(  # type: ignore[no-untyped-call]
-                futures, scheduler=address, interval="100ms", complete=True
-            )
-            self.bar = bar
-            self.begun = False
-
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
-            if not self.begun:
-                self.bar.begin(all, all - remaining)
-                self.begun = True
-            else:
-                self.bar.update(all - remaining, all)
-
-    return Watcher
-
-
 class _ClientScheduler:
     """A dask ``get`` function: run graphs on a distributed Client, with a progress bar.
 
@@ -207,38 +95,8 @@ class _ClientScheduler:
     def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         if self.bar is None:
             return self.client.get(dsk, keys, **kwargs)
-        from distributed import futures_of
-
         packed = self.client.get(dsk, keys, sync=False, **kwargs)
-        futures = futures_of(packed)
-        watcher = _scheduler_watcher()(futures, _address(self.client), self.bar)
-        import asyncio  # distributed's own loop: only under a distributed client
-
-        loop: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
-        listening = asyncio.run_coroutine_threadsafe(watcher.listen(), loop)
-        try:
-            result = self.client.gather(packed)
-        except BaseException:  # an error or Ctrl-C: no last report to wait for
-            _stop_watching(listening, watcher, loop)
-            raise
-        # the futures stay referenced until the scheduler's last report (or a timeout): the
-        # watcher waits for their keys to exist on the scheduler
-        with contextlib.suppress(Exception):
-            listening.result(timeout=_PROGRESS_TIMEOUT)
-        _stop_watching(listening, watcher, loop)
-        return result
-
-
-def _stop_watching(
-    listening: concurrent.futures.Future[Any], watcher: Any, loop: asyncio.AbstractEventLoop
-) -> None:
-    """Stop a scheduler watcher that is still listening and close its connection."""
-    if listening.done():
-        return
-    listening.cancel()
-    comm = getattr(watcher, "comm", None)
-    if comm is not None:
-        loop.call_soon_threadsafe(comm.abort)
+        return gather_with_progress(self.client, packed, self.bar)
 
 
 def _address(client: Client) -> str:
