@@ -179,7 +179,17 @@ def test_progress_bar_under_a_client(cluster, source, tmp_path, capsys):
     done_total = [w for w in err.split() if w.count("/") == 1 and w.replace("/", "").isdigit()]
     assert done_total, err
     done, total = map(int, done_total[-1].split("/"))
-    assert done == total > 15  # every read, median and store task of the 15 bands
+    assert done == total == _bands(source, BUDGET)  # every band read, projected and stored
+    assert "MB/s" in err
+
+
+def _bands(source, budget):
+    """Blocks of a projection of `source` planned within `budget` (the blocks a writer stores)."""
+    from zchunk.chunking import Budget
+
+    threads = 2  # the cluster's: 2 workers of 1 thread
+    chunks = zchunk.open(source, memory_limit=Budget.parse(budget, threads)).data.chunks
+    return len(chunks[-2]) * len(chunks[-1])
 
 
 def test_demo_on_cluster(cluster, tmp_path, capsys, monkeypatch):
@@ -375,3 +385,13 @@ def test_run_survives_a_killed_worker(source, tmp_path):
     with compute_context("threads"):
         zchunk.save_many(zchunk.project_many(stack, ["max", "median"]), expected)
     assert_same_outputs(expected, paths)
+
+
+def test_the_progress_bar_uses_no_private_hook_of_distributed():
+    import inspect
+
+    import zchunk.progress
+
+    source = inspect.getsource(zchunk.progress)
+    assert "_draw_bar" not in source
+    assert "distributed.diagnostics" not in source

@@ -1,36 +1,29 @@
 """How far a computation is: a rich progress bar on stderr, under local schedulers or a Client.
 
 Under dask's local schedulers the bar is a dask ``Callback``; under a ``distributed.Client``,
-:func:`gather_with_progress` feeds it from the scheduler while the results are gathered.
+:func:`gather_with_progress` counts the outputs the scheduler finishes, with distributed's public
+``as_completed`` (no subclass of distributed's own bar, whose drawing hook is private).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 from dask.callbacks import Callback
 
 if TYPE_CHECKING:
-    import asyncio
-    import concurrent.futures
-
     from distributed import Client
 
 __all__ = ["ProgressBar", "gather_with_progress"]
 
-#: Longest wait, in seconds, for the scheduler's last progress report after a computation.
-_PROGRESS_TIMEOUT = 10.0
-
 
 class ProgressBar(Callback):
-    """A rich progress bar on stderr over dask tasks: tasks done / total, MB/s, time left.
+    """A rich progress bar on stderr: work done / total, MB/s, time left.
 
     Entered as a context manager it follows dask's local schedulers (it is a dask
     ``Callback``). Under a ``distributed.Client``, :func:`compute_context` feeds it with
-    :meth:`update` from the scheduler's task counts instead.
+    :meth:`update` from the outputs the scheduler finishes instead (one per stored block).
 
     Parameters
     ----------
@@ -103,64 +96,20 @@ class ProgressBar(Callback):
         self.end()
 
 
-@functools.cache
-def _scheduler_watcher() -> type[Any]:
-    """Return the class that relays a scheduler's task counts to a :class:`ProgressBar`.
-
-    It is distributed's own progress machinery (the one behind ``distributed.progress``): a
-    temporary plugin on the scheduler counts the tasks that the given futures depend on and
-    reports the number left every 100 ms over a separate connection.
-    """
-    from distributed.diagnostics.progressbar import ProgressBar as DistributedProgressBar
-
-    class Watcher(DistributedProgressBar):
-        def __init__(self, futures: list[Any], address: str, bar: ProgressBar) -> None:
-            super().__init__(  # type: ignore[no-untyped-call]
-                futures, scheduler=address, interval="100ms", complete=True
-            )
-            self.bar = bar
-            self.begun = False
-
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
-            if not self.begun:
-                self.bar.begin(all, all - remaining)
-                self.begun = True
-            else:
-                self.bar.update(all - remaining, all)
-
-    return Watcher
-
-
 def gather_with_progress(client: Client, packed: Any, bar: ProgressBar) -> Any:
-    """Return the results of the futures in `packed`, showing the scheduler's progress on `bar`."""
-    from distributed import futures_of
+    """Return the results of the futures in `packed`, counting them on `bar` as they finish.
+
+    The bar counts the computation's outputs: a writer's ``da.store`` asks for one key per
+    block it stores, so the count is the blocks read, computed and written. They are followed
+    with distributed's public ``as_completed``; the first that fails stops the count, and the
+    gather raises its error.
+    """
+    from distributed import as_completed, futures_of
 
     futures = futures_of(packed)
-    watcher = _scheduler_watcher()(futures, str(client.scheduler.address), bar)  # type: ignore[union-attr]
-    import asyncio  # distributed's own loop: only under a distributed client
-
-    loop: asyncio.AbstractEventLoop = client.loop.asyncio_loop  # type: ignore[union-attr]
-    listening = asyncio.run_coroutine_threadsafe(watcher.listen(), loop)
-    try:
-        result = client.gather(packed)
-    except BaseException:  # an error or Ctrl-C: no last report to wait for
-        _stop_watching(listening, watcher, loop)
-        raise
-    # the futures stay referenced until the scheduler's last report (or a timeout): the
-    # watcher waits for their keys to exist on the scheduler
-    with contextlib.suppress(Exception):
-        listening.result(timeout=_PROGRESS_TIMEOUT)
-    _stop_watching(listening, watcher, loop)
-    return result
-
-
-def _stop_watching(
-    listening: concurrent.futures.Future[Any], watcher: Any, loop: asyncio.AbstractEventLoop
-) -> None:
-    """Stop a scheduler watcher that is still listening and close its connection."""
-    if listening.done():
-        return
-    listening.cancel()
-    comm = getattr(watcher, "comm", None)
-    if comm is not None:
-        loop.call_soon_threadsafe(comm.abort)
+    bar.begin(len(futures))
+    for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
+        if future.status == "error":
+            break
+        bar.update(done)
+    return client.gather(packed)

@@ -289,7 +289,7 @@ def compute_context(
         Memory budget for all workers together (``"2GiB"``); with ``"processes"`` each
         worker's limit is its share plus :data:`WORKER_OVERHEAD`.
     progress : bool
-        Show a rich progress bar on stderr (tasks done / total), also under a Client.
+        Show a rich progress bar on stderr (tasks done / total; under a Client, blocks).
     description, nbytes :
         Label of the bar and the input bytes, for the MB/s column.
 
