@@ -8,10 +8,14 @@ are computed from it (see :mod:`zchunk.sinks._pyramid`).
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import zarr
 
 from zchunk.errors import OptionError
@@ -27,6 +31,7 @@ from zchunk.sinks._zarr import (
 from zchunk.stack import normalize_unit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     import dask.array as da
@@ -137,35 +142,65 @@ class OmeZarrWriter:
         """Open level 0 of an interrupted run."""
         return open_aligned_array(os.fspath(partial), data, name="0")
 
-    def finish(self, partial: Path, data: da.Array, /) -> None:
+    @property
+    def summarize(self) -> Callable[[np.ndarray, tuple[slice, ...]], Any] | None:
+        """With channels: each channel's range in every block, for the display windows."""
+        if "c" not in self.stack.axes:
+            return None
+        return functools.partial(channel_range, axis=self.stack.axes.index("c"))
+
+    def finish(
+        self, partial: Path, data: da.Array, summaries: Mapping[Any, Any] | None = None, /
+    ) -> None:
         """Write the downsampled levels from level 0, and the channels' omero metadata."""
         if "c" in self.stack.axes:
-            self._write_omero(partial)
+            self._write_omero(partial, summaries or {})
         shapes = level_shapes(data.shape, self.pyramid)
         if len(shapes) > 1:
             block = tuple(int(c[0]) for c in data.chunks)
             zarr_format = NGFF_VERSIONS[self.ngff_version]
             write_levels(partial, shapes, block, axes=self.stack.axes, zarr_format=zarr_format)
 
-    def _write_omero(self, partial: Path) -> None:
+    def _write_omero(self, partial: Path, summaries: Mapping[Any, Any]) -> None:
         """Name and colour the channels, with a display window from level 0's range.
 
-        The window is each channel's smallest to largest value, read back from level 0 as
-        written (one more pass over the output).
+        The window is each channel's smallest to largest value (NaN ignored), gathered from
+        the blocks of level 0 as they were stored (:func:`channel_range`): no pass over the
+        output.
         """
-        import dask.array as da
-
+        n = self.stack.sizes["c"]
+        lows, highs = [math.nan] * n, [math.nan] * n
+        for start, mins, maxs in summaries.values():
+            for k, (low, high) in enumerate(zip(mins, maxs, strict=True)):
+                lows[start + k] = float(np.fmin(lows[start + k], low))
+                highs[start + k] = float(np.fmax(highs[start + k], high))
         group = zarr.open_group(os.fspath(partial), mode="a")
-        level0 = da.from_zarr(group["0"])
-        c = self.stack.axes.index("c")
-        others = tuple(i for i in range(level0.ndim) if i != c)
-        lows, highs = da.compute(da.nanmin(level0, axis=others), da.nanmax(level0, axis=others))
-        block = omero(self.stack, [float(v) for v in lows], [float(v) for v in highs])
+        block = omero(self.stack, lows, highs)
         if self.ngff_version == "0.4":
             group.attrs["omero"] = block
         else:
             ome: dict[str, Any] = dict(group.attrs["ome"])  # type: ignore[arg-type]
             group.attrs["ome"] = {**ome, "omero": block}
+
+
+def channel_range(
+    block: np.ndarray, region: tuple[slice, ...], /, *, axis: int
+) -> tuple[int, list[float], list[float]]:
+    """Return (first channel, smallest and largest value of each channel) of a `block`.
+
+    NaN is ignored (an all-NaN channel gives NaN). `axis` is the channel axis.
+
+    Examples
+    --------
+    >>> channel_range(np.array([[1.0, 5.0], [np.nan, 2.0]]), (slice(2, 4), slice(0, 2)), axis=0)
+    (2, [1.0, 2.0], [5.0, 2.0])
+    """
+    others = tuple(i for i in range(block.ndim) if i != axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel
+        lows, highs = np.nanmin(block, axis=others), np.nanmax(block, axis=others)
+    start = region[axis].start or 0
+    return start, [float(v) for v in lows], [float(v) for v in highs]
 
 
 def to_ome_zarr(
@@ -193,7 +228,7 @@ def to_ome_zarr(
     ``"zchunk"`` (as :func:`to_zarr` writes them). Units that are not UDUNITS names NGFF knows
     are left out. A stack with a c axis gets an ``omero`` block: each channel's name, colour
     (as read, else ImageJ's composite defaults) and display window (the channel's range in
-    level 0, read back once it is written).
+    level 0, gathered from its blocks as they are written).
 
     As :func:`to_zarr`, the image is written as ``.<name>.zchunk-partial`` with a record of
     its settings and finished blocks, renamed onto `path` when complete, and continued by

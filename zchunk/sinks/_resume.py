@@ -65,9 +65,12 @@ from zchunk.sinks._settings import settings_differ
 from zchunk.sinks._space import check_free_space, disk_space_error
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from zchunk._types import PathLike
+
+#: Summary of one block computed as it is stored (see :func:`store_resumable`).
+type Summarize = Callable[[np.ndarray, tuple[slice, ...]], Any]
 
 __all__ = [
     "PartialWrite",
@@ -452,7 +455,8 @@ def _store_block(
     region: tuple[slice, ...],
     blocks_dir: str,
     block_id: tuple[int, ...] | None = None,
-) -> np.ndarray:
+    summarize: Summarize | None = None,
+) -> Any:
     target[region] = block
     # then record what the storage holds for it (never in a deleted, abandoned record folder)
     digest = stored_digest(target, region)
@@ -460,7 +464,7 @@ def _store_block(
         msg = f"block {block_id} of {blocks_dir!r} is not on disk after it was written"
         raise OSError(errno.EIO, msg)
     write_marker(blocks_dir, tuple(block_id or ()), digest)
-    return np.empty((0,) * block.ndim, dtype=np.uint8)
+    return None if summarize is None else summarize(block, region)
 
 
 class _IncompleteWriteError(PartialOutputError):
@@ -478,7 +482,9 @@ def check_complete(job: PartialWrite) -> None:
         raise _IncompleteWriteError(msg)
 
 
-def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> None:
+def store_resumable(
+    writes: Sequence[tuple[da.Array, Any, PartialWrite]], *, summarize: Summarize | None = None
+) -> list[dict[tuple[int, ...], Any]]:
     """Compute the blocks not yet done of each (data, target, job), write and record them.
 
     Every block of `data` (in the chunks of the partial output, see
@@ -486,9 +492,13 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
     caller's dask scheduler, written to the same region of `target`, and then recorded. The
     graph holds those blocks only, so finished blocks cost nothing, not even a read. Several
     writes are computed together, so results that share an input read it once.
+
+    Returns, per write, ``summarize(block, region)`` of every block by block index: of a
+    computed block in the task that computed it, of a block an earlier run wrote as read back
+    from `target` (empty without `summarize`).
     """
     graphs = []
-    keys: list[tuple[Any, ...]] = []
+    own: list[list[tuple[Any, ...]]] = []
     for data, target, job in writes:
         if data.chunks != job.chunks:
             msg = f"chunks {data.chunks} are not the partial output's {job.chunks}"
@@ -501,15 +511,26 @@ def store_resumable(writes: Sequence[tuple[da.Array, Any, PartialWrite]]) -> Non
         guarded = GuardedTarget(target, job.partial)
         blocks_dir = os.fspath(job.record / _BLOCKS)
         layer = {
-            (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i)
+            (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i, summarize)
             for i, region in block_regions(data.chunks)
             if i not in job.done
         }
         deps: list[Any] = [data]  # dask's Array does not match its own DaskCollection type
         graphs.append(HighLevelGraph.from_collections(name, layer, dependencies=deps))  # type: ignore[arg-type]
-        keys += list(layer)
-    if keys:
-        graph = HighLevelGraph.merge(*graphs)
-        compute_as_if_collection(da.Array, graph, keys)
-    for _, _, job in writes:
+        own.append(list(layer))
+    keys = [key for keys in own for key in keys]
+    results = (
+        compute_as_if_collection(da.Array, HighLevelGraph.merge(*graphs), keys) if keys else []
+    )
+    computed = dict(zip(keys, results, strict=True))
+    out: list[dict[tuple[int, ...], Any]] = []
+    for (data, target, job), mine in zip(writes, own, strict=True):
         check_complete(job)
+        summaries: dict[tuple[int, ...], Any] = {}
+        if summarize is not None:
+            summaries = {tuple(key[1:]): computed[key] for key in mine}
+            for i, region in block_regions(data.chunks):
+                if i not in summaries:  # written by an earlier run
+                    summaries[i] = summarize(np.asarray(target[region]), region)
+        out.append(summaries)
+    return out

@@ -123,6 +123,10 @@ class Writer(Protocol):
         Whether the partial output is a scratch zarr array that :meth:`export` writes the
         output from (a compressed TIFF, whose pages must be written in order), rather than the
         output itself. Absent means False, and :meth:`export` is not needed.
+    summarize : callable or None, optional
+        ``summarize(block, region)``, computed for every block as it is stored and handed to
+        :meth:`finish` as a third argument, a dict by block index (OME-Zarr: each channel's
+        range, for its display window). Absent or None: :meth:`finish` gets two arguments.
     """
 
     @property
@@ -188,8 +192,12 @@ def write(
     ) as job:
         data = job.align(data)
         target = writer.create(job.partial, data) if job.fresh else writer.reopen(job.partial, data)
-        store_resumable([(data, target, job)])
-        writer.finish(job.partial, data)
+        summarize = getattr(writer, "summarize", None)  # a summary of every block stored
+        (summaries,) = store_resumable([(data, target, job)], summarize=summarize)
+        if summarize is None:
+            writer.finish(job.partial, data)
+        else:
+            writer.finish(job.partial, data, summaries)  # type: ignore[call-arg]
         if not scratch:
             job.commit(overwrite=overwrite)
             return final
