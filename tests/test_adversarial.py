@@ -140,11 +140,12 @@ def test_concurrent_writers_never_mix(src, references, tmp_path, kind):
     for code, err in results:
         assert code == 0 or (refused(code, err) and "in use by pid" in err), err
     assert any(code == 0 for code, _ in results)
+    said = f"seed {SEED}, exit codes and messages (first, second): {results}"
     if results[1][0] == 0:  # the second ran after the first: its output replaced the first's
-        assert tree(out) == tree(other_ref)
+        assert tree(out) == tree(other_ref), f"not the second run's output; {said}"
         assert finish(cli([*other, "--resume"]))[0] == 0  # a finished run: nothing to do
     else:
-        assert tree(out) == ref
+        assert tree(out) == ref, f"not the first run's output; {said}"
     assert leftovers(tmp_path) == []
 
 
