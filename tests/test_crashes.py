@@ -139,7 +139,7 @@ def test_read_only_output_folder_is_one_line(src, read_only_folder, capsys, name
 @pytest.mark.timeout(120)
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     src = tmp_path / "src.tif"
-    tifffile.imwrite(src, blobs((4, 768, 64), "uint16", seed=1), photometric="minisblack")
+    tifffile.imwrite(src, blobs((8, 3072, 64), "uint16", seed=1), photometric="minisblack")
     out = tmp_path / "o.zarr"
     argv = [sys.executable, "-m", "zchunk", "filter", str(src), "gaussian", "--sigma", "2",
             "--memory-limit", "100KB", "-o", str(out)]  # fmt: skip
