@@ -39,10 +39,6 @@ class NpyWriter:
     folder: bool = False
     compressed: bool = False
 
-    def probe(self, path):
-        a = np.load(path, mmap_mode="r")
-        return int(a.size), a.dtype
-
     def settings(self, data):
         return {}, {}
 
