@@ -127,15 +127,39 @@ def _pad_line(line: NDArray[np.float32], left: int, right: int, mode: int, cval:
 
 @_jit
 def _x_pass(line: NDArray[np.float32], w: NDArray[np.float32], o: NDArray[np.float32]) -> None:
-    """o[x] = sum_k w[k] * line[x + k] (line padded: len(o) + len(w) - 1)."""
+    """o[x] = sum_k w[k] * line[x + k] (line padded: len(o) + len(w) - 1).
+
+    Taps are added in order, eight per sweep over the row (then one): ``o[x]`` stays in a
+    register between them instead of a load and a store per tap, and the sums are those of
+    one tap at a time. (Each sweep reads a slice ``line[k:]`` at indices ``x + i``, known
+    non-negative: an index ``x + k`` with a ``k`` of unknown sign costs a wraparound check
+    per element, which stops vectorisation.)
+    """
     width = o.size
+    n = w.size
     w0 = w[0]
     for x in range(width):
         o[x] = w0 * line[x]
-    for k in range(1, w.size):
-        wk = w[k]
+    k = 1
+    for _ in range((n - 1) // 8):
+        a, b, c, d = w[k], w[k + 1], w[k + 2], w[k + 3]
+        e, f, g, h = w[k + 4], w[k + 5], w[k + 6], w[k + 7]
+        s = line[k:]
         for x in range(width):
-            o[x] += wk * line[x + k]
+            v = o[x] + a * s[x]
+            v = v + b * s[x + 1]
+            v = v + c * s[x + 2]
+            v = v + d * s[x + 3]
+            v = v + e * s[x + 4]
+            v = v + f * s[x + 5]
+            v = v + g * s[x + 6]
+            o[x] = v + h * s[x + 7]
+        k += 8
+    for j in range(k, n):
+        a = w[j]
+        s = line[j:]
+        for x in range(width):
+            o[x] += a * s[x]
 
 
 @_jit
@@ -162,12 +186,31 @@ def _y_row(
     cval: float,
     o: NDArray[np.float32],
 ) -> None:
-    """o[x] = sum_k w[k] * src[y + k - left, x], rows extended by the mode."""
+    """o[x] = sum_k w[k] * src[y + k - left, x], rows extended by the mode.
+
+    Taps in order, four rows per sweep when none of them is a cval row (see :func:`_x_pass`).
+    """
     height, width = src.shape
+    n = w.size
     for x in range(width):
         o[x] = 0.0
-    for k in range(w.size):
+    k = 0
+    while k < n:
         j = _source(y + k - left, height, mode)
+        if k + 4 <= n and j >= 0:
+            j1 = _source(y + k + 1 - left, height, mode)
+            j2 = _source(y + k + 2 - left, height, mode)
+            j3 = _source(y + k + 3 - left, height, mode)
+            if j1 >= 0 and j2 >= 0 and j3 >= 0:
+                a, b, c, d = w[k], w[k + 1], w[k + 2], w[k + 3]
+                s0, s1, s2, s3 = src[j], src[j1], src[j2], src[j3]
+                for x in range(width):
+                    v = o[x] + a * np.float32(s0[x])
+                    v = v + b * np.float32(s1[x])
+                    v = v + c * np.float32(s2[x])
+                    o[x] = v + d * np.float32(s3[x])
+                k += 4
+                continue
         wk = w[k]
         if j < 0:
             c = np.float32(wk * np.float32(cval))
@@ -177,6 +220,7 @@ def _y_row(
             s = src[j]
             for x in range(width):
                 o[x] += wk * np.float32(s[x])
+        k += 1
 
 
 @_jit
@@ -269,27 +313,47 @@ def correlate_z_group(
 ) -> None:
     """Several output planes of a z pass at once: ``out[b] = const[b] + sum_s coef[b, s] * ring[slots[s]]``.
 
-    Each source row is loaded once for all the outputs that use it (a group of B outputs of a
-    (2r+1)-tap kernel loads 2r+B rows instead of B(2r+1)).
+    Row by row, the outputs of a group read the same few ring rows while they are in cache
+    (a group of B outputs of a (2r+1)-tap kernel reads 2r+B rows instead of B(2r+1)); each
+    output adds its sources in order, four per sweep over the row (see :func:`_x_pass`).
     `used[b, s]` says whether source s is in output b's window (a weight of 0 inside the
     window still multiplies, as in scipy: 0 * inf is NaN).
     """
     nb, height, width = out.shape
     ns = slots.size
+    order = np.empty((nb, ns), np.int64)
+    count = np.zeros(nb, np.int64)
+    for b in range(nb):
+        for s in range(ns):
+            if used[b, s]:
+                order[b, count[b]] = s
+                count[b] += 1
     for y in range(height):
         for b in range(nb):
             o = out[b, y]
             c = const[b]
             for x in range(width):
                 o[x] = c
-        for s in range(ns):
-            r = ring[slots[s], y]
-            for b in range(nb):
-                if used[b, s]:
-                    cb = coef[b, s]
-                    o = out[b, y]
-                    for x in range(width):
-                        o[x] += cb * np.float32(r[x])
+            m = count[b]
+            i = 0
+            while i + 4 <= m:
+                s0, s1, s2, s3 = order[b, i], order[b, i + 1], order[b, i + 2], order[b, i + 3]
+                c0, c1, c2, c3 = coef[b, s0], coef[b, s1], coef[b, s2], coef[b, s3]
+                r0, r1 = ring[slots[s0], y], ring[slots[s1], y]
+                r2, r3 = ring[slots[s2], y], ring[slots[s3], y]
+                for x in range(width):
+                    v = o[x] + c0 * np.float32(r0[x])
+                    v = v + c1 * np.float32(r1[x])
+                    v = v + c2 * np.float32(r2[x])
+                    o[x] = v + c3 * np.float32(r3[x])
+                i += 4
+            while i < m:
+                s = order[b, i]
+                cb = coef[b, s]
+                r = ring[slots[s], y]
+                for x in range(width):
+                    o[x] += cb * np.float32(r[x])
+                i += 1
 
 
 @_jit
