@@ -21,7 +21,7 @@ import tifffile
 from zchunk.errors import CorruptDataError, SourceNotFoundError, StackFormatError, ZChunkError
 from zchunk.io._tiff_damage import describe, plain
 from zchunk.io._tiff_layout import FileId, TiffLayout
-from zchunk.io._tiff_open import _TiffLogCapture, open_tiff, strict
+from zchunk.io._tiff_open import _TiffLogCapture, about_description, open_tiff, strict
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -327,7 +327,7 @@ def parse_tiff(path: str, *, sequence: bool = False) -> TiffInfo:
         logger.removeHandler(capture)
     if sequence:  # ImageJ's or tifffile's description of the whole stack, in one of its files
         declared = None
-        capture.records = [r for r in capture.records if "series metadata" not in r.getMessage()]
+        capture.records = [r for r in capture.records if not about_description(r)]
     if declared is not None and declared > nplanes:
         msg = (
             f"{path} is truncated or damaged: its metadata declares {declared} planes, "
