@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
+    from zchunk._types import SourceLike
+    from zchunk.io import OpenArgs
+
 __all__ = ["RunOptions"]
 
 
@@ -69,15 +72,12 @@ class RunOptions:
         """Return the memory budget, parsed (``workers`` default: dask's threaded pool)."""
         return Budget.parse(self.memory_limit, self.workers)
 
-    def read_options(self) -> dict[str, Any]:
-        """Return the keywords of the reader: axes, scale, pattern, allow_incomplete."""
+    def open_args(self, source: SourceLike, budget: Budget) -> OpenArgs:
+        """Return how to read `source` (within `budget`): axes, scale, pattern, incomplete."""
+        from zchunk.io import OpenArgs
+
         scale = None if self.scale is None else dict(self.scale)
-        return {
-            "axes": self.axes,
-            "scale": scale,
-            "pattern": self.pattern,
-            "allow_incomplete": self.allow_incomplete,
-        }
+        return OpenArgs(source, self.axes, budget, self.allow_incomplete, scale, self.pattern)
 
     def save_options(self) -> dict[str, Any]:
         """Return the keywords of :func:`zchunk.save` (and ``save_many``) these options set."""

@@ -137,18 +137,13 @@ def _add_write(p: argparse.ArgumentParser) -> None:
 def _cmd_info(args: argparse.Namespace) -> int:
     from zchunk.chunking import PROJECTION, Budget
     from zchunk.describe import describe_found, format_info
-    from zchunk.io import find
+    from zchunk.io import OpenArgs, find
 
-    found = find(  # the headers and the plan: no dask array to build
-        args.source,
-        axes=args.axes,
-        budget=Budget.parse(args.memory_limit),
-        whole="z",
-        purpose=PROJECTION,
-        allow_incomplete=args.allow_incomplete,
-        scale=_scale(args),
-        pattern=args.pattern,
+    budget = Budget.parse(args.memory_limit)
+    opened = OpenArgs(
+        args.source, args.axes, budget, args.allow_incomplete, _scale(args), args.pattern
     )
+    found = find(opened, whole="z", purpose=PROJECTION)  # headers and plan: no dask array
     d = describe_found(found)
     print(json.dumps(d, indent=1, default=str) if args.json else format_info(d))
     return 0

@@ -228,9 +228,7 @@ class _Run:
             from zchunk.ops.filters import halo_pixels
 
             purpose = Purpose.filter(halo_pixels(prefilter[0], **prefilter[1]))
-        stack = open_planned(
-            source, budget=budget, whole=whole, purpose=purpose, **self.options.read_options()
-        )
+        stack = open_planned(self.options.open_args(source, budget), whole=whole, purpose=purpose)
         if prefilter is None:
             return stack, stack
         return stack, zchunk.filter(stack, prefilter[0], **prefilter[1])  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from zchunk._types import MemoryLike, SourceLike
     from zchunk.stack import Stack
 
-__all__ = ["find", "open", "open_planned", "parse_scale"]
+__all__ = ["OpenArgs", "find", "open", "open_planned", "parse_scale"]
 
 
 def open(
@@ -96,77 +96,40 @@ def open(
     >>> s.axes, s.shape, s.data.chunks[0]
     ('zyx', (4, 32, 32), (4,))
     """
-    return open_planned(
-        source,
-        axes=axes,
-        budget=Budget.parse(memory_limit),
-        whole=whole,
-        purpose=PROJECTION,
-        allow_incomplete=allow_incomplete,
-        scale=scale,
-        pattern=pattern,
-    )
+    args = OpenArgs(source, axes, Budget.parse(memory_limit), allow_incomplete, scale, pattern)
+    return open_planned(args, whole=whole, purpose=PROJECTION)
 
 
-def open_planned(
-    source: SourceLike,
-    /,
-    *,
-    axes: str | None,
-    budget: Budget,
-    whole: str,
-    purpose: Purpose,
-    allow_incomplete: bool,
-    scale: dict[str, float] | None,
-    pattern: str | None = None,
-) -> Stack:
-    """Open `source` as :func:`open` does, with chunks planned for `purpose` within `budget`."""
-    found = find(
-        source,
-        axes=axes,
-        budget=budget,
-        whole=whole,
-        purpose=purpose,
-        allow_incomplete=allow_incomplete,
-        scale=scale,
-        pattern=pattern,
-    )
+def open_planned(args: OpenArgs, /, *, whole: str, purpose: Purpose) -> Stack:
+    """Open an input as :func:`open` does, `whole` held whole in chunks planned for `purpose`."""
+    found = find(args, whole=whole, purpose=purpose)
     stack = found.stack()
-    args = OpenArgs(source, axes, budget, allow_incomplete, scale, pattern)
     return stack.replace(source=OpenedSource(stack.data.name, args, found.reader))
 
 
-def find(
-    source: SourceLike,
-    /,
-    *,
-    axes: str | None,
-    budget: Budget,
-    whole: str,
-    purpose: Purpose,
-    allow_incomplete: bool,
-    scale: dict[str, float] | None,
-    pattern: str | None = None,
-) -> Found:
-    """Parse the headers of `source` and plan its chunks, as :func:`open_planned`, no more.
+def find(args: OpenArgs, /, *, whole: str, purpose: Purpose) -> Found:
+    """Parse the headers of an input and plan its chunks, as :func:`open_planned`, no more.
 
     What ``zchunk info`` needs: no dask array is built, and dask.array is not imported.
     """
+    source = args.source
     listed = isinstance(source, (list, tuple))
-    request = Request(axes, budget, purpose, whole, allow_incomplete, pattern, not listed)
+    request = Request(
+        args.axes, args.budget, purpose, whole, args.allow_incomplete, args.pattern, not listed
+    )
     if isinstance(source, np.ndarray) or _is_dask_array(source):
         found = open_array(request, source)  # type: ignore[arg-type]
     else:
         reader, kind, paths = find_inputs(source)
         reason = incomplete_reason(paths[0]) if kind != "files" else None
-        if reason is not None and not allow_incomplete:
+        if reason is not None and not args.allow_incomplete:
             msg = (
                 f"{reason}: finish it with --resume / resume=True, or pass "
                 "allow_incomplete=True to read it anyway (missing blocks read as zeros)"
             )
             raise IncompleteOutputError(msg)
         found = reader.find(request, kind, paths)
-    return _calibrate(found, scale) if scale else found
+    return _calibrate(found, args.scale) if args.scale else found
 
 
 def _is_dask_array(source: object) -> bool:

@@ -21,29 +21,25 @@ __all__ = ["OpenArgs", "OpenedSource"]
 
 @dataclass(frozen=True, slots=True)
 class OpenArgs:
-    """What ``zchunk.open`` was called with, but the axes held whole: enough to open it again."""
+    """An input and how to read it: what ``zchunk.open`` takes, but the axes held whole.
+
+    The one owner of the reading options: :func:`zchunk.io.open` and the pipeline build it,
+    :func:`zchunk.io.find` and :func:`zchunk.io.open_planned` take it, and the stack's source
+    keeps it to open the input again.
+    """
 
     source: SourceLike
     axes: str | None
     budget: Budget
-    allow_incomplete: bool
-    scale: dict[str, float] | None
+    allow_incomplete: bool = False
+    scale: dict[str, float] | None = None
     pattern: str | None = None
 
     def open(self, whole: str, purpose: Purpose) -> Stack:
         """Open the input again with `whole` held whole in chunks planned for `purpose`."""
         from zchunk.io import open_planned
 
-        return open_planned(
-            self.source,
-            axes=self.axes,
-            budget=self.budget,
-            whole=whole,
-            purpose=purpose,
-            allow_incomplete=self.allow_incomplete,
-            scale=self.scale,
-            pattern=self.pattern,
-        )
+        return open_planned(self, whole=whole, purpose=purpose)
 
 
 @dataclass(frozen=True, slots=True)
