@@ -1,24 +1,32 @@
-"""The Stack: a lazy dask array with named axes and physical calibration."""
+"""The Stack: a lazy dask array with named axes and physical calibration, and its Source.
+
+``zchunk.open`` builds a Stack whose `data` is a dask array of the file's chunks. Operations
+can often do better than those chunks when they read the file themselves: a projection
+streams planes in file order, a filter reads its chunk together with its halo in one task, a
+projection along t reopens the file with the whole t axis in every chunk. The reader offers
+these through ``Stack.source``, typed by the :class:`Source` protocol; it describes the array
+it opened only, so the Stack drops it as soon as its data are derived from that array.
+Sources are picklable (paths and layouts, never an open file): tasks hold them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from zchunk.errors import StackFormatError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     import dask.array as da
 
-    from zchunk._source import Source
     from zchunk.chunking import ChunkPlan, Purpose
 
-__all__ = ["AXIS_ORDER", "Stack", "normalize_unit"]
+__all__ = ["AXIS_ORDER", "Source", "Stack", "normalize_unit"]
 
 #: Axis letters zchunk knows, in the canonical order of OME-Zarr.
 AXIS_ORDER = "tczyx"
@@ -72,6 +80,71 @@ def normalize_unit(unit: str | None) -> str | None:
     return _UNIT_ALIASES.get(key, _UNIT_ALIASES.get(key.lower(), key))
 
 
+type Region = tuple[slice, ...]
+
+
+class Source(Protocol):
+    """The storage a Stack was opened from, read directly by the operations that can.
+
+    Attributes
+    ----------
+    name : str
+        Name of the dask array this source backs (``Stack.data.name`` when opened).
+    reads_regions : bool
+        :meth:`read` reads any region from storage within a task (a file; not an array
+        held in memory, which tasks should not carry).
+    streams : bool
+        :meth:`planes` and :meth:`bands` read in file order, without chunks (TIFF).
+    row_align : int
+        Band heights that decode no stored segment twice (the strip or tile height; 1 for
+        uncompressed rows).
+    plane_copies : int
+        Memory one streamed plane costs, in planes of the stack's dtype (1 for a file; a
+        filter streaming through a ring of planes holds more).
+    """
+
+    @property
+    def name(self) -> str:
+        """Name of the dask array this source backs."""
+        ...
+
+    @property
+    def reads_regions(self) -> bool:
+        """Whether :meth:`read` reads from storage within a task."""
+        ...
+
+    @property
+    def streams(self) -> bool:
+        """Whether :meth:`planes` and :meth:`bands` read in file order."""
+        ...
+
+    @property
+    def row_align(self) -> int:
+        """Band heights that decode no stored segment twice."""
+        ...
+
+    @property
+    def plane_copies(self) -> int:
+        """Memory of one streamed plane, in planes of the stack's dtype."""
+        ...
+
+    def read(self, region: Region, /) -> np.ndarray:
+        """Return the pixels of `region` (one slice per axis, steps of 1)."""
+        ...
+
+    def planes(self, region: Region, /) -> Iterator[np.ndarray]:
+        """Yield the (rows, columns) planes of `region` one by one, in file order."""
+        ...
+
+    def bands(self, region: Region, rows: int, /) -> Iterator[np.ndarray]:
+        """Yield `region` in bands of about `rows` rows (aligned up to `row_align`)."""
+        ...
+
+    def reopen(self, *, whole: str, purpose: Purpose) -> Stack:
+        """Open the same input again, `whole` held whole in chunks planned for `purpose`."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Stack:
     """A lazy image stack: a dask array plus axis names and calibration.
@@ -96,7 +169,7 @@ class Stack:
         operations, shown by ``zchunk.info``.
     source : Source or None
         The storage `data` was opened from, for operations that read it directly (see
-        :mod:`zchunk._source`). It describes that array only: a Stack whose `data` is another
+        :class:`Source`). It describes that array only: a Stack whose `data` is another
         array (any dask operation on it) drops it. Not compared, not shown in the repr.
 
     Examples
