@@ -68,3 +68,22 @@ def test_options_are_frozen_and_a_bad_budget_is_an_option_error():
         options.budget()
     assert RunOptions(ngff_version="0.4").save_options()["ngff_version"] == "0.4"
     assert "pyramid" not in RunOptions().save_options()
+
+
+def test_python_open_then_filter_plans_the_chunks_the_cli_plans(tmp_path):
+    """zchunk.open + zchunk.filter and the CLI's filter job plan the same chunks: one Budget."""
+    import tifffile
+
+    import zchunk
+    from zchunk.testing import blobs
+
+    path = str(tmp_path / "s.tif")
+    tifffile.imwrite(path, blobs((9, 200, 96), "uint16", seed=3))
+    options = RunOptions(memory_limit="400KB", workers=2, scheduler="synchronous")
+    with pipeline._Run(options) as run:
+        _, cli = run.open(path, ("gaussian", {"sigma": 1.5}), whole="z")
+    opened = zchunk.open(path, memory_limit=options.budget())
+    python = zchunk.filter(opened, "gaussian", sigma=1.5)
+    assert cli.data.numblocks[1] > 1
+    assert python.data.chunks == cli.data.chunks
+    assert opened.data.chunks != cli.data.chunks  # the filter re-plans: it is not the default

@@ -163,16 +163,17 @@ def parse_scale(text: str, axes: str = "zyx") -> dict[str, float]:
     from zchunk.errors import OptionError
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
+    keyed = all("=" in p for p in parts)
+    bad = f"--scale {text!r}: give z,y,x pixel sizes like 1,0.2,0.2 or x=0.2,y=0.2"
+    if not keyed and len(parts) > len(axes):
+        raise OptionError(bad)
     try:
-        if all("=" in p for p in parts):
+        if keyed:
             out = {k.strip().lower(): float(v) for k, v in (p.split("=", 1) for p in parts)}
         else:
-            if len(parts) > len(axes):
-                raise ValueError
             out = dict(zip(axes[-len(parts) :], map(float, parts), strict=True))
-    except ValueError:
-        msg = f"--scale {text!r}: give z,y,x pixel sizes like 1,0.2,0.2 or x=0.2,y=0.2"
-        raise OptionError(msg) from None
+    except ValueError:  # float() of what is not a number
+        raise OptionError(bad) from None
     if not out or any(not v > 0 for v in out.values()):
         msg = f"--scale {text!r}: pixel sizes must be positive numbers"
         raise OptionError(msg)

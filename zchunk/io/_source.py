@@ -1,4 +1,8 @@
-"""The :class:`zchunk._source.Source` that ``zchunk.open`` puts on the stacks it opens."""
+"""How an input is read (:class:`OpenArgs`), and the Source ``zchunk.open`` leaves on it.
+
+:class:`OpenedSource` is the :class:`zchunk.stack.Source` of the stacks ``zchunk.open``
+builds: it reads regions of the input within tasks, streams it, and reopens it.
+"""
 
 from __future__ import annotations
 
