@@ -54,9 +54,8 @@ def test_store_rounded_is_cast_rounded():
     a = np.concatenate([np.arange(-10, 10, 0.25), [np.nan, np.inf, -np.inf, 1e9, -1e9]])
     a = np.concatenate([a, [65535.5, 65534.5, 255.5, 2.5, 3.5, -0.5]]).astype(np.float32)
     for dtype in (np.uint8, np.int8, np.uint16, np.int16):
-        info = np.iinfo(dtype)
         out = np.empty((1, a.size), dtype)
-        K.store_rounded(a[None], 0, 0, float(info.min), float(info.max), out)
+        K.store_rounded(a[None], 0, 0, out)
         np.testing.assert_array_equal(out[0], cast_rounded(a, dtype))
 
 
@@ -65,9 +64,8 @@ def test_store_rounded_of_float64_is_cast_rounded_up_to_32_bits():
     a = np.concatenate([np.arange(-10, 10, 0.25), [np.nan, np.inf, -np.inf, 1e12, -1e12]])
     a = np.concatenate([a, [4294967294.5, 2147483646.5, 2**31 + 0.5, 16777217.5, 65535.5]])
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
-        info = np.iinfo(dtype)
         out = np.empty((2, a.size - 1), dtype)
-        K.store_rounded(np.stack([a, a[::-1]]), 0, 1, float(info.min), float(info.max), out)
+        K.store_rounded(np.stack([a, a[::-1]]), 0, 1, out)
         np.testing.assert_array_equal(out[0], cast_rounded(a[1:], dtype))
         np.testing.assert_array_equal(out[1], cast_rounded(a[::-1][1:], dtype))
 
@@ -241,3 +239,46 @@ def test_compile_all_compiles_what_the_filters_run():
             for out in (None, dtype):
                 zchunk.filter(stack, name, dtype=out, **params).data.compute()
     assert {d: set(d.signatures) for d in dispatchers} == before
+
+
+@pytest.mark.parametrize(
+    ("name", "axes", "param"),
+    [
+        ("gaussian", (0, 1, 2), 1.5),
+        ("gaussian", (1, 2), 1.5),
+        ("gaussian_gradient_magnitude", (0, 1, 2), 1.0),
+        ("sobel", (1, 2), None),
+        ("sobel", (0, 1, 2), None),
+        ("laplace", (0, 1, 2), None),
+        ("uniform", (0, 1, 2), 3),
+    ],
+)
+@pytest.mark.parametrize("out", ["uint16", "uint8", "float32"])
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_store_writes_the_kept_planes_as_run_then_cast_does(name, axes, param, out, mode, rng):
+    # store() rounds the last pass's rows straight into the block (no float plane of the
+    # result): the same values as run() followed by store_plane on the trimmed part
+    from zchunk.ops._engine import store_plane
+    from zchunk.ops._filter_spec import Spec
+    from zchunk.ops._filter_stream import separable
+
+    sigma = tuple(param if a in axes and name.startswith("gauss") else 0.0 for a in range(3))
+    size = tuple(param if a in axes and name == "uniform" else 1 for a in range(3))
+    spec = Spec(name, axes, sigma, size, mode, 9.0, 4.0, np.dtype(np.float32), np.dtype(out))
+    sep = separable(spec)
+    a = rng.integers(0, 4000, (9, 23, 31)).astype(np.uint16)
+    nz = 9 if len(axes) == 3 else 1
+    trim = (slice(3, 19), slice(2, 30))
+    k0, kept = (2, 5) if nz > 1 else (0, 1)
+    dtype = np.dtype(out)
+    for planes in [a[i : i + 1] for i in range(9)] if nz == 1 else [a]:
+        float64 = dtype.kind in "iu"
+        ref = np.empty((kept, 16, 28), dtype)
+        for k, plane in PlaneFilter(sep, nz, (23, 31), a.dtype, float64=float64).run(planes):
+            if k0 <= k < k0 + kept:
+                store_plane(plane, trim, ref[k - k0], dtype)
+        got = np.empty_like(ref)
+        engine = PlaneFilter(sep, nz, (23, 31), a.dtype, float64=float64)
+        engine.store(iter(planes), k0, got, trim)
+        np.testing.assert_array_equal(got, ref)
+        assert engine._out is None  # no float plane of the result was made

@@ -48,12 +48,15 @@ if TYPE_CHECKING:
 __all__ = [
     "MODE_CODES",
     "add_squares",
+    "combine_store",
     "correlate_x",
     "correlate_y",
     "correlate_yx",
+    "correlate_yx_store",
     "correlate_z",
     "correlate_z_group",
     "plane_sources",
+    "rounding_bounds",
     "sqrt_into",
     "store_rounded",
 ]
@@ -257,25 +260,6 @@ def correlate_x(
 
 
 @_jit
-def correlate_yx(
-    src: NDArray[Any],
-    wy: NDArray[np.float32],
-    left_y: int,
-    wx: NDArray[np.float32],
-    left_x: int,
-    mode: int,
-    cval: float,
-    out: NDArray[np.float32],
-) -> None:
-    """Correlate along y then along x, row by row (the row stays in L1 between the two)."""
-    height, width = src.shape
-    line = np.empty(width + wx.size - 1, dtype=np.float32)
-    for y in range(height):
-        _y_row(src, y, wy, left_y, mode, cval, line[left_x : left_x + width])
-        _x_row(line, wx, left_x, mode, cval, out[y])
-
-
-@_jit
 def correlate_z(
     ring: NDArray[Any],
     slots: NDArray[np.int64],
@@ -357,54 +341,163 @@ def correlate_z_group(
 
 
 @_jit
-def _store_rounded32(
-    src: NDArray[np.float32], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
+def _store_row(
+    src: NDArray[Any], c0: int, bounds: NDArray[Any], rounding: bool, out: NDArray[Any]
 ) -> None:
-    height, width = out.shape
-    low = np.float32(lo)
-    high = np.float32(hi)
-    magic = np.float32(1.5 * 2**23)  # v + magic - magic rounds |v| < 2**22 half to even
-    for y in range(height):
-        s = src[r0 + y]
-        o = out[y]
-        for x in range(width):
-            v = s[c0 + x]
-            v = max(v, low)
-            v = min(v, high)
-            v = np.float32(0.0) if np.isnan(v) else v
-            o[x] = (v + magic) - magic
+    """``out = src[c0:c0 + len(out)]``, rounded half to even and clipped to `bounds` (NaN: 0).
+
+    Without `rounding`, a plain cast. The arithmetic is in `src`'s type: `bounds` has it.
+    """
+    s = src[c0:]
+    if not rounding:
+        for x in range(out.size):
+            out[x] = s[x]
+        return
+    low = bounds[0]
+    high = bounds[1]
+    for x in range(out.size):
+        v = s[x]
+        v = max(v, low)
+        v = min(v, high)
+        v = 0 if np.isnan(v) else v
+        out[x] = np.rint(v)
 
 
 @_jit
-def _store_rounded64(
-    src: NDArray[np.float64], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
+def _store_rounded(
+    src: NDArray[Any], r0: int, c0: int, bounds: NDArray[Any], out: NDArray[Any]
 ) -> None:
-    height, width = out.shape
-    magic = 1.5 * 2.0**52  # v + magic - magic rounds |v| < 2**51 half to even
-    for y in range(height):
-        s = src[r0 + y]
-        o = out[y]
-        for x in range(width):
-            v = s[c0 + x]
-            v = max(v, lo)
-            v = min(v, hi)
-            v = 0.0 if np.isnan(v) else v
-            o[x] = (v + magic) - magic
+    for y in range(out.shape[0]):
+        _store_row(src[r0 + y], c0, bounds, True, out[y])
 
 
-def store_rounded(
-    src: NDArray[Any], r0: int, c0: int, lo: float, hi: float, out: NDArray[Any]
-) -> None:
+def rounding_bounds(dtype: np.dtype[Any], work: np.dtype[Any]) -> NDArray[Any] | None:
+    """Return the clip bounds for rounding `work` values to integer `dtype`, or None.
+
+    None when `dtype` is not an integer type the compiled rounding takes from `work`:
+    8- and 16-bit from float32, up to 32-bit from float64 (the bounds are then exact in
+    `work`, and so is the rounding; rint is exact below 2**23 and 2**52).
+    """
+    if dtype.kind not in "iu" or dtype.itemsize > work.itemsize // 2:
+        return None
+    info = np.iinfo(dtype)
+    return np.array([info.min, info.max], dtype=work)
+
+
+def store_rounded(src: NDArray[Any], r0: int, c0: int, out: NDArray[Any]) -> None:
     """``out = clip(rint(src[r0:, c0:]), lo, hi)`` cast to out's integer dtype; NaN gives 0.
 
-    float32 `src` for 8- and 16-bit targets, float64 for targets up to 32 bits (the bounds
-    are then exact in `src`'s type, and so is the rounding).
-    :func:`zchunk.ops.projection.cast_rounded` on a plane, without temporaries.
+    float32 `src` for 8- and 16-bit targets, float64 for targets up to 32 bits (see
+    :func:`rounding_bounds`). :func:`zchunk.ops.projection.cast_rounded` on a plane, without
+    temporaries.
     """
-    if src.dtype == np.float64:
-        _store_rounded64(src, r0, c0, lo, hi, out)
-    else:
-        _store_rounded32(src, r0, c0, lo, hi, out)
+    bounds = rounding_bounds(np.dtype(out.dtype), np.dtype(src.dtype))
+    if bounds is None:
+        msg = f"cannot round {src.dtype} to {out.dtype} in one pass"
+        raise ValueError(msg)
+    _store_rounded(src, r0, c0, bounds, out)
+
+
+@_jit
+def correlate_yx_store(
+    src: NDArray[Any],
+    wy: NDArray[np.float32],
+    left_y: int,
+    wx: NDArray[np.float32],
+    left_x: int,
+    mode: int,
+    cval: float,
+    r0: int,
+    c0: int,
+    bounds: NDArray[Any],
+    rounding: bool,
+    out: NDArray[Any],
+) -> None:
+    """Rows ``r0 ..`` and columns ``c0 ..`` of :func:`correlate_yx`, stored into `out` as it goes.
+
+    Only the rows `out` keeps are computed (the rows of a halo are read, not filtered), and
+    each row is rounded (`rounding`, see :func:`_store_row`) or cast into `out` while in L1.
+    """
+    width = src.shape[1]
+    line = np.empty(width + wx.size - 1, dtype=np.float32)
+    row = np.empty(width, dtype=np.float32)
+    for y in range(out.shape[0]):
+        _y_row(src, r0 + y, wy, left_y, mode, cval, line[left_x : left_x + width])
+        _x_row(line, wx, left_x, mode, cval, row)
+        _store_row(row, c0, bounds, rounding, out[y])
+
+
+def correlate_yx(
+    src: NDArray[Any],
+    wy: NDArray[np.float32],
+    left_y: int,
+    wx: NDArray[np.float32],
+    left_x: int,
+    mode: int,
+    cval: float,
+    out: NDArray[np.float32],
+) -> None:
+    """Correlate along y then along x, row by row (the row stays in L1 between the two)."""
+    correlate_yx_store(src, wy, left_y, wx, left_x, mode, cval, 0, 0, _NO_BOUNDS, False, out)
+
+
+_NO_BOUNDS: Final = np.zeros(2, np.float32)
+
+
+@_jit
+def combine_store(
+    terms: tuple[NDArray[np.float32], ...],
+    magnitude: bool,
+    divisor: float,
+    r0: int,
+    c0: int,
+    bounds: NDArray[Any],
+    rounding: bool,
+    out: NDArray[Any],
+) -> None:
+    """Combine float32 term planes into `out` (rows ``r0 ..``, columns ``c0 ..``), row by row.
+
+    Sum (then divided by `divisor` when it is not 1) in float32, or the magnitude: squares
+    summed in float64 (no overflow, no loss) and its square root rounded to float32, or
+    kept in float64 when rounding to integers (`bounds` float64: a float32 magnitude above
+    2**14 is too coarse to round like scipy's). The terms are added in order, as
+    :class:`~zchunk.ops._separable.PlaneFilter` does plane by plane.
+    """
+    width = out.shape[1]
+    div = np.float32(divisor)
+    acc32 = np.empty(width, np.float32)
+    acc64 = np.empty(width, np.float64)
+    for y in range(out.shape[0]):
+        if magnitude:
+            t = terms[0][r0 + y, c0:]
+            for x in range(width):
+                v = np.float64(t[x])
+                acc64[x] = v * v
+            for i in range(1, len(terms)):
+                t = terms[i][r0 + y, c0:]
+                for x in range(width):
+                    v = np.float64(t[x])
+                    acc64[x] += v * v
+            if rounding:
+                for x in range(width):
+                    acc64[x] = np.sqrt(acc64[x])
+                _store_row(acc64, 0, bounds, True, out[y])
+            else:
+                for x in range(width):
+                    acc32[x] = np.float32(np.sqrt(acc64[x]))
+                _store_row(acc32, 0, bounds, False, out[y])
+            continue
+        t = terms[0][r0 + y, c0:]
+        for x in range(width):
+            acc32[x] = t[x]
+        for i in range(1, len(terms)):
+            t = terms[i][r0 + y, c0:]
+            for x in range(width):
+                acc32[x] += t[x]
+        if div != 1:
+            for x in range(width):
+                acc32[x] = acc32[x] / div
+        _store_row(acc32, 0, bounds, rounding, out[y])
 
 
 @_jit

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from zchunk.ops._filter_kernels import store_rounded
+from zchunk.ops._engine import Engine
 from zchunk.ops._filter_spec import REGISTRY
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
 from zchunk.ops.projection import cast_rounded
@@ -95,29 +95,6 @@ def separable(spec: Spec) -> Separable | None:
 _SEPARABLE = frozenset(
     {"gaussian", "gaussian_gradient_magnitude", "laplace", "uniform", "sobel", "prewitt"}
 )
-
-
-def store_plane(
-    plane: np.ndarray, trim: tuple[slice, slice], out: np.ndarray, dtype: np.dtype[Any]
-) -> None:
-    """Write the `trim` part of a filtered float32 plane into `out`, cast to `dtype`."""
-    if plane.dtype == dtype:
-        out[...] = plane[trim]
-    elif dtype.kind in "iu" and dtype.itemsize <= plane.dtype.itemsize // 2:
-        # float32 to 8/16-bit, float64 to 8/16/32-bit: rounded in one compiled pass
-        info = np.iinfo(dtype)
-        rows, cols = trim
-        store_rounded(plane, rows.start, cols.start, float(info.min), float(info.max), out)
-    else:
-        out[...] = cast_rounded(plane[trim], dtype)
-
-
-class Engine(Protocol):
-    """Filters the planes of one run along z: a PlaneFilter, MinMaxFilter or MedianFilter."""
-
-    def run(self, planes: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(k, filtered plane k)`` in order."""
-        ...
 
 
 #: (planes along z, plane shape, input dtype, float64 magnitudes) -> an engine for one run
@@ -238,13 +215,22 @@ def stream_planes(
     three_d: bool,
     out: np.ndarray,
 ) -> np.ndarray:
-    """Filter the planes of a region of `shape` into `out`, its part `trim` (see above)."""
+    """Filter the planes of a region of `shape` into `out`, its part `trim` (see above).
+
+    Each run along z goes through one engine's :meth:`~zchunk.ops._engine.Engine.store`,
+    which writes the planes `out` keeps straight into it.
+    """
     flat = out.reshape(-1, *out.shape[-2:])
-    dtype = np.dtype(out.dtype)
-    zs = trim[-3] if three_d else None
-    stream = filtered_planes(planes, make, shape, in_dtype, zs, float64=dtype.kind in "iu")
-    for j, plane in enumerate(stream):
-        store_plane(plane, (trim[-2], trim[-1]), flat[j], dtype)
+    nz = shape[-3] if three_d else 1
+    keep = trim[-3] if three_d else slice(0, 1)
+    kept = keep.stop - keep.start
+    stream = iter(planes)
+    # one engine for every run: its rings and work planes are allocated (and first touched)
+    # once per region, not once per plane of a per-plane filter
+    engine = make(nz, (shape[-2], shape[-1]), in_dtype, np.dtype(out.dtype).kind in "iu")
+    for j in range(math.prod(shape[:-2]) // nz):
+        run = itertools.islice(stream, nz)
+        engine.store(run, keep.start, flat[j * kept : (j + 1) * kept], (trim[-2], trim[-1]))
     return out
 
 

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 from numba import njit
 
-from zchunk.ops._filter_kernels import MODE_CODES, _source, plane_sources
+from zchunk.ops._engine import RingEngine
+from zchunk.ops._filter_kernels import _source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable
 
     from numpy.typing import NDArray
 
@@ -145,7 +146,7 @@ def _median_plane(
                 s -= 1
 
 
-class MedianFilter:
+class MedianFilter(RingEngine):
     """Median over an odd (size_z, size_y, size_x) box of at most 27 pixels, streamed along z.
 
     ``run(planes)`` yields ``(k, plane)`` in order; the plane is reused.
@@ -160,13 +161,7 @@ class MedianFilter:
         shape: tuple[int, int],
         dtype: np.dtype[Any],
     ) -> None:
-        self.size_z, self.size_y, self.size_x = sizes
-        self.mode = MODE_CODES[mode]
-        self.mode_name = mode
-        self.cval = dtype.type(cval)
-        self.nz = nz
-        self.reach = self.size_z // 2
-        self.depth = min(2 * self.reach + 1, nz)
+        super().__init__(sizes, mode, cval, nz, dtype)
         self.ry = self.size_y // 2
         self.rx = self.size_x // 2
         height, width = shape
@@ -177,20 +172,10 @@ class MedianFilter:
         self.work = np.empty(((n + 3) // 2, min(width, _TILE)), dtype)
         self.out = np.empty(shape, dtype)
 
-    def run(self, planes: Iterable[NDArray[Any]]) -> Iterator[tuple[int, NDArray[Any]]]:
-        """Yield ``(k, filtered plane k)`` for k in 0..Z-1 as the planes arrive."""
-        k = 0
-        i = -1
-        for i, plane in enumerate(planes):
-            _pad(plane, self.ry, self.rx, self.mode, self.cval, self.ring[i % self.depth])
-            while k < self.nz and (k + self.reach <= i or i == self.nz - 1):
-                src = plane_sources(k, self.reach, self.size_z, self.nz, self.mode_name)
-                slots = np.where(src < 0, -1, src % self.depth)
-                _median_plane(
-                    self.ring, slots, self.const, self.size_y, self.size_x, self.work, self.out
-                )
-                yield k, self.out
-                k += 1
-        if i != self.nz - 1:
-            msg = f"expected {self.nz} planes, got {i + 1}"
-            raise ValueError(msg)
+    def _arrive(self, i: int, plane: NDArray[Any]) -> None:
+        _pad(plane, self.ry, self.rx, self.mode, self.cval, self.ring[i % self.depth])
+
+    def _emit(self, k: int) -> NDArray[Any]:
+        slots = self._slots(k)
+        _median_plane(self.ring, slots, self.const, self.size_y, self.size_x, self.work, self.out)
+        return self.out

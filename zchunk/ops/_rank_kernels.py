@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 from numba import njit
 
-from zchunk.ops._filter_kernels import MODE_CODES, _source, plane_sources
+from zchunk.ops._engine import RingEngine
+from zchunk.ops._filter_kernels import _source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable
 
     from numpy.typing import NDArray
 
@@ -182,7 +183,7 @@ def _minmax_z(
                 o[x] = cval if first else _pick(o[x], cval, is_max)
 
 
-class MinMaxFilter:
+class MinMaxFilter(RingEngine):
     """Minimum or maximum over a (size_z, size_y, size_x) box, streamed along z.
 
     `sizes` has 3 entries (z, y, x); a per-plane filter has ``size_z == 1``. ``run(planes)``
@@ -199,15 +200,8 @@ class MinMaxFilter:
         shape: tuple[int, int],
         dtype: np.dtype[Any],
     ) -> None:
-        self.size_z, self.size_y, self.size_x = sizes
-        self.mode = MODE_CODES[mode]
-        self.mode_name = mode
-        self.cval = dtype.type(cval)
+        super().__init__(sizes, mode, cval, nz, dtype)
         self.is_max = is_max
-        self.nz = nz
-        self.left_z = self.size_z // 2
-        self.reach = max(self.left_z, self.size_z - 1 - self.left_z)
-        self.depth = min(2 * self.reach + 1, nz)
         height, width = shape
         self.ring = np.empty((self.depth, height, width), dtype)
         self.tmp = np.empty(shape, dtype)
@@ -238,20 +232,5 @@ class MinMaxFilter:
         if self.size_z == 1:
             plane: NDArray[Any] = self.ring[k % self.depth]
             return plane
-        planes = plane_sources(k, self.left_z, self.size_z, self.nz, self.mode_name)
-        slots = np.where(planes < 0, -1, planes % self.depth)
-        _minmax_z(self.ring, slots, self.cval, self.is_max, self.out)
+        _minmax_z(self.ring, self._slots(k), self.cval, self.is_max, self.out)
         return self.out
-
-    def run(self, planes: Iterable[NDArray[Any]]) -> Iterator[tuple[int, NDArray[Any]]]:
-        """Yield ``(k, filtered plane k)`` for k in 0..Z-1 as the planes arrive."""
-        k = 0
-        i = -1
-        for i, plane in enumerate(planes):
-            self._arrive(i, plane)
-            while k < self.nz and (k + self.reach <= i or i == self.nz - 1):
-                yield k, self._emit(k)
-                k += 1
-        if i != self.nz - 1:
-            msg = f"expected {self.nz} planes, got {i + 1}"
-            raise ValueError(msg)

@@ -79,6 +79,7 @@ from zchunk._graph import from_tasks
 from zchunk._types import FILTERS, MODES
 from zchunk.chunking import Budget, Purpose
 from zchunk.errors import ChunkingError, OptionError
+from zchunk.ops._engine import store_plane
 from zchunk.ops._filter_spec import (
     RANK_DTYPES,
     REGISTRY,
@@ -98,7 +99,6 @@ from zchunk.ops._filter_stream import (
     filtered_planes,
     halo_region,
     separable,
-    store_plane,
     streamer,
 )
 
