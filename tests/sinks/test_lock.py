@@ -28,7 +28,7 @@ ARGS = ["gaussian", "--memory-limit", "100KB", "--workers", "1", "--quiet"]
 @pytest.fixture
 def src(tmp_path):
     path = tmp_path / "src.tif"
-    tifffile.imwrite(path, blobs((4, 256, 64), "uint16", seed=5), photometric="minisblack")
+    tifffile.imwrite(path, blobs((8, 1024, 64), "uint16", seed=5), photometric="minisblack")
     return path
 
 
