@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=None, help="zchunk budget (default: zchunk's)")
     ap.add_argument("--repeat", type=int, default=1, help="cold runs of each projection")
     ap.add_argument("--no-filter", action="store_true", help="skip the Gaussian filter case")
+    ap.add_argument("--no-project", action="store_true", help="skip the projection cases")
     ap.add_argument("--tiles", type=int, default=6, help="sampled tiles checked per result")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--smoke", action="store_true", help="small stack: checks the script runs")
@@ -245,7 +246,7 @@ def main() -> None:
                 }
             )
         )
-        for methods in (["max"], ["median"], ["max", "median"]):
+        for methods in [] if args.no_project else (["max"], ["median"], ["max", "median"]):
             runs = []
             for _ in range(args.repeat):
                 h.drop_cache([src])
@@ -274,23 +275,28 @@ def main() -> None:
                 )
             )
         if not args.no_filter:
-            h.drop_cache([src])
             target = out / "gaussian.zarr"
-            run = _cli(
-                [
-                    "filter",
-                    str(src),
-                    "gaussian",
-                    "--sigma",
-                    "2",
-                    "--dtype",
-                    "uint16",
-                    "-o",
-                    str(target),
-                    "--overwrite",
-                    *mem,
-                ]
-            )
+            runs = []
+            for _ in range(args.repeat):
+                h.drop_cache([src])
+                runs.append(
+                    _cli(
+                        [
+                            "filter",
+                            str(src),
+                            "gaussian",
+                            "--sigma",
+                            "2",
+                            "--dtype",
+                            "uint16",
+                            "-o",
+                            str(target),
+                            "--overwrite",
+                            *mem,
+                        ]
+                    )
+                )
+            run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
             checked = check_filter(src, str(target), args.tiles, seed=3, sigma=2.0)
             rows.append(
                 h.emit(
@@ -300,7 +306,9 @@ def main() -> None:
                         "cache": "cold",
                         "wall_s": round(run["wall_s"], 2),
                         "MB_per_s": round(info["nbytes"] / run["wall_s"] / 1e6),
-                        "peak_rss_mb": run["peak_rss_mb"],
+                        "vs_cold_read_time": round(run["wall_s"] / raw["wall_s"], 3),
+                        "wall_s_runs": [round(r["wall_s"], 2) for r in runs],
+                        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                         "tiles_checked": checked,
                     }
                 )
@@ -327,7 +335,8 @@ def main() -> None:
     )
     print(
         f"\nbudget {budget} MiB; target peak RSS <= budget + 300 MB = {budget + 300} MiB; "
-        "max time <= 1.1 x the cold read; median throughput >= 0.5 x max's"
+        "max time <= 1.1 x the cold read; median throughput >= 0.5 x max's; "
+        "gaussian filter to zarr <= 2 x the cold read time (issue 15)"
     )
 
 
