@@ -240,3 +240,35 @@ def test_kill_during_the_commit_then_resume(src, tmp_path, kind, moment, old):
     assert cli(*argv, "-o", out, "--resume") == (0, "")  # finished now, with its record
     hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert hidden == [f".{name}.zchunk-done"]
+
+
+# a compressed TIFF is exported from a scratch array, which is deleted after the rename
+AFTER_RENAME = """
+from zchunk.sinks import _resume
+_resume.PartialWrite.discard = lambda self: die()
+"""
+DURING_SCRATCH_DELETION = """
+import shutil
+from zchunk.sinks import _resume
+def abandon(partial):  # the deletion of the scratch array cut short: its record went first
+    shutil.rmtree(partial / ".zchunk-record")
+    die()
+_resume.abandon = abandon
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("moment", ["after-rename", "during-scratch-deletion"])
+def test_kill_after_a_compressed_tiff_is_renamed_then_resume(src, tmp_path, moment):
+    # the output is finished and recorded; what is left is the scratch array, stale
+    out = tmp_path / "out.tif"
+    argv = ["filter", src, "gaussian", "--sigma", "3", "--compression", "zlib", *QUIET, "-o", out]
+    patch = AFTER_RENAME if moment == "after-rename" else DURING_SCRATCH_DELETION
+    run_killed(patch, argv)
+    assert out.with_name(".out.tif.zchunk-partial").is_dir()
+    before = snapshot(out)
+    assert cli(*argv, "--resume") == (0, "")  # finished: kept as it is, the scratch deleted
+    assert snapshot(out) == before
+    np.testing.assert_allclose(read(out), gaussian(src, 3), rtol=1e-6)
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [".out.tif.zchunk-done"]

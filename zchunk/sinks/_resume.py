@@ -312,13 +312,18 @@ def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: b
 
 
 def _discard_leftover(final: Path) -> None:
-    """Delete the partial output of finished `final` if its commit left it (same settings)."""
+    """Delete the partial output of finished `final` if its commit left it (same settings).
+
+    A partial output without a readable record (its deletion was cut short, or a run was
+    killed before recording it) holds no finished block, so it is deleted too; one recorded
+    with other settings (an interrupted run with other options) is kept for its own resume.
+    """
     partial = partial_path(final)
     if not os.path.lexists(partial):
         return
     state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
     made_from = (read_done(final) or {}).get("partial")
-    if state is not None and made_from and settings_differ(state[0], made_from) is None:
+    if state is None or (made_from and settings_differ(state[0], made_from) is None):
         _discard(partial, record_path(partial, folder=True))
 
 
