@@ -216,6 +216,7 @@ _done._commit = lambda *args, **kwargs: die()
         ("tif", "between-record-and-rename", True),
         ("tif-zlib", "before-record", True),
         ("tif-zlib", "between-record-and-rename", False),
+        ("tif-zlib", "between-record-and-rename", True),
         ("zarr", "before-record", False),
         ("zarr", "between-record-and-rename", True),
     ],
@@ -233,6 +234,11 @@ def test_kill_during_the_commit_then_resume(src, tmp_path, kind, moment, old):
     code, err = cli(*argv, "-o", out, "--resume")
     if old:  # the old output is not this run's: refused, untouched
         assert code == 2, err
+        if moment == "between-record-and-rename":  # says what happened and what to do
+            assert "a run replacing it (with --overwrite) was interrupted" in err
+            assert err.rstrip().endswith(
+                "run that run again with resume=True, overwrite=True (--resume --overwrite)"
+            )
         np.testing.assert_array_equal(read(out), old_pixels)
         code, err = cli(*argv, "-o", out, "--resume", "--overwrite")
     assert code == 0, err

@@ -38,6 +38,7 @@ __all__ = [
     "commit_output",
     "done_path",
     "finished_reason",
+    "output_identity",
     "read_done",
     "sync_tree",
 ]

@@ -55,6 +55,7 @@ from zchunk.sinks._done import (
     commit_output,
     finished_reason,
     forget_orphan,
+    output_identity,
     read_done,
     stale_record_names,
     sync_tree,
@@ -302,13 +303,40 @@ def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: b
         if why is None:
             _discard_leftover(final)
             return final
+        replacing = None if overwrite or not why else _interrupted_replacement(final)
     if overwrite or not why:
         return None
-    msg = (
-        f"the output {os.fspath(final)!r} exists but is not this run's finished output: "
-        f"{why}; pass overwrite=True / --overwrite to write it again"
-    )
+    fix = "pass overwrite=True / --overwrite to write it again"
+    if replacing is not None:
+        why = (
+            "a run replacing it (with --overwrite) was interrupted just before moving its "
+            f"finished output {os.fspath(replacing)!r} in, so the record beside it is that run's"
+        )
+        fix = "run that run again with resume=True, overwrite=True (--resume --overwrite)"
+    msg = f"the output {os.fspath(final)!r} exists but is not this run's finished output: {why}; {fix}"
     raise OutputExistsError(msg)
+
+
+def _interrupted_replacement(final: Path) -> Path | None:
+    """Return the partial output of `final` if the record of `final` is the partial's.
+
+    A run replacing an existing output records its finished partial output under the final
+    name's record, then renames it in; killed between the two, the record describes the
+    partial output (or, for a compressed TIFF, a page file exported from it) rather than the
+    existing output. Call with `final`'s lock held.
+    """
+    partial = partial_path(final)
+    done = read_done(final)
+    if done is None or not os.path.lexists(partial):
+        return None
+    with contextlib.suppress(OSError):
+        if output_identity(partial) == done.get("output"):
+            return partial  # the partial output itself was recorded (TIFF, zarr)
+    state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
+    made_from = done.get("partial")
+    if state is not None and made_from and settings_differ(state[0], made_from) is None:
+        return partial  # the output was exported from this scratch array (compressed TIFF)
+    return None
 
 
 def _discard_leftover(final: Path) -> None:
