@@ -211,7 +211,9 @@ def test_an_array_input_is_identified_by_its_dask_graph(tmp_path):
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
         to_zarr(Interrupt(after=3).wrap(stack), tmp_path / "a.zarr")
     # without input files, another graph (here: the uninterrupted one) is another input
-    with pytest.raises(ResumeMismatchError, match="the input array differs"):
+    with pytest.raises(
+        ResumeMismatchError, match=r"the input array \(identified by its dask name\) differs"
+    ):
         to_zarr(stack, tmp_path / "a.zarr", resume=True)
 
 
@@ -373,6 +375,45 @@ def test_save_many_resumes_its_scratch_arrays(tmp_path):
         "max.tif",
         "mean.zarr",
     ]
+
+
+ARRAY_RUN = """
+import sys
+import numpy as np
+import zchunk
+a = np.random.default_rng(int(sys.argv[1])).integers(0, 900, (5, 40, 24)).astype("uint16")
+results = zchunk.project_many(zchunk.open(a), ["max", "mean"])
+paths = dict(zip(["max", "mean", "one"], sys.argv[2:5], strict=True))
+one = paths.pop("one")
+zchunk.save_many(results, paths, resume=True, compression=sys.argv[5] or None)
+zchunk.save(results["max"], one, resume=True)
+"""
+
+
+@pytest.mark.parametrize("compression", ["", "zlib"])
+def test_save_and_save_many_of_numpy_arrays_resume_in_another_process(tmp_path, compression):
+    # arrays with no input files are identified by their dask name, which dask derives from
+    # the numpy data: the same data in another process give a finished output back
+    mean = "mean.tif" if compression else "mean.zarr"  # a zarr output takes no compression
+    paths = [tmp_path / "max.tif", tmp_path / mean, tmp_path / "one.tif"]
+
+    def run(seed: int) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", ARRAY_RUN, str(seed), *map(str, paths), compression]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+    assert run(1).returncode == 0
+    stamp = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+    done = run(1)  # the same arrays again: every output is kept as it is
+    assert done.returncode == 0, done.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths} == stamp
+    other = run(2)  # other data: refused, saying why
+    assert other.returncode == 1
+    assert "OutputExistsError" in other.stderr
+    assert "the input array (identified by its dask name) differs" in other.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths} == stamp
+    a = np.random.default_rng(1).integers(0, 900, (5, 40, 24)).astype("uint16")
+    np.testing.assert_array_equal(tifffile.imread(paths[0]), a.max(axis=0))
+    np.testing.assert_array_equal(zchunk.open(paths[1]).data.compute(), a.mean(axis=0))
 
 
 # --- SIGKILL at random points of real runs -------------------------------------------------

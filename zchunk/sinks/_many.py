@@ -25,6 +25,7 @@ from zchunk.sinks._resume import (
     resumable_output,
     store_resumable,
 )
+from zchunk.sinks._settings import ARRAY_KEY
 from zchunk.sinks._space import check_run_space
 from zchunk.sinks._write import scratch_settings
 from zchunk.sinks._zarr import (
@@ -158,9 +159,10 @@ def _save_all(
             arrays[key] = array
         store_resumable(writes)
         for key in todo:
-            array = arrays[key]
-            staged = stacks[key].replace(
-                data=da.from_zarr(array, chunks=array.shards or array.chunks)
+            array, stack = arrays[key], stacks[key]
+            staged = stack.replace(  # recorded as what it is a copy of, to resume it
+                data=da.from_zarr(array, chunks=array.shards or array.chunks),
+                attrs={**stack.attrs, ARRAY_KEY: stack.attrs.get(ARRAY_KEY, stack.data.name)},
             )
             written[key] = save(staged, finals[key], **options)
         for _, _, job in writes:

@@ -25,10 +25,14 @@ if TYPE_CHECKING:
 
     from zchunk.stack import Stack
 
-__all__ = ["input_identity", "settings_differ", "settings_of", "source_paths"]
+__all__ = ["ARRAY_KEY", "input_identity", "settings_differ", "settings_of", "source_paths"]
 
 #: Operations whose description (``stack.attrs[key]``) is part of the settings of an output.
 OPERATION_KEYS = ("filter", "projection")
+
+#: ``stack.attrs[ARRAY_KEY]``: the identity of a stack that is a stored copy of another (the
+#: scratch array ``save_many`` computes a result into), recorded instead of the copy's own.
+ARRAY_KEY = "zchunk_array"
 
 # what each settings entry is called in messages, in the order they are compared
 _LABELS = {
@@ -41,7 +45,8 @@ _LABELS = {
     "dtype": "the dtype",
     "metadata": "the calibration and metadata",
     "writer": "the writer settings",
-    "array": "the input array",  # last: the dask name of an array changes with its dtype...
+    # last: the dask name of an array changes with its dtype...
+    "array": "the input array (identified by its dask name)",
 }
 
 
@@ -146,14 +151,17 @@ def settings_of(
     dict
         JSON-ready settings; ``"chunks"`` are the blocks (not compared, see
         :func:`settings_differ`). A stack with no input files (an array) is identified by its
-        dask name instead, which dask derives from the array's contents.
+        dask name instead (or ``attrs[ARRAY_KEY]``, for a stored copy of another stack): dask
+        derives it from the contents of a NumPy array and from the operations applied, so the
+        same data give the same name in every process; an array dask cannot tokenize (or a
+        random one) gets a random name, and its output cannot be resumed.
     """
     paths = source_paths(stack)
     settings: dict[str, Any] = {
         "zchunk": __version__,
         "format": format,
         "inputs": input_identity(paths),
-        "array": None if paths else stack.data.name,
+        "array": None if paths else stack.attrs.get(ARRAY_KEY, stack.data.name),
         "operation": {k: stack.attrs[k] for k in OPERATION_KEYS if k in stack.attrs},
         "axes": stack.axes,
         "shape": [int(n) for n in data.shape],
