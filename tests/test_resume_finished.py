@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -278,3 +279,70 @@ def test_kill_after_a_compressed_tiff_is_renamed_then_resume(src, tmp_path, mome
     np.testing.assert_allclose(read(out), gaussian(src, 3), rtol=1e-6)
     hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert hidden == [".out.tif.zchunk-done"]
+
+
+# Ctrl-C while the output is committed: held at a moment of the commit until the test says go
+HOLD = """
+import os, signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started as a background job
+from zchunk.sinks import _done
+def hold():
+    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
+    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
+        time.sleep(0.01)
+"""
+HOLD_AT = {
+    "before-rename": """
+commit = _done._commit
+def _commit(*args, **kwargs):  # the record is written
+    hold()
+    commit(*args, **kwargs)
+_done._commit = _commit
+""",
+    "after-rename": """
+sync = _done.sync_tree
+def sync_tree(path, *, recursive=True):  # the output is renamed, its folder not yet synced
+    if not recursive:
+        hold()
+    sync(path, recursive=recursive)
+_done.sync_tree = sync_tree
+""",
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("moment", list(HOLD_AT))
+@pytest.mark.parametrize("kind", ["tif", "tif-zlib", "zarr"])
+def test_ctrl_c_during_the_commit_finishes_it_and_says_so(src, tmp_path, kind, moment):
+    # the record and the rename are one step for Ctrl-C: the output is finished, exit 130
+    name, extra = KINDS[kind]
+    out, ref = tmp_path / name, tmp_path / "ref" / name
+    argv = ["filter", src, "gaussian", "--sigma", "3", *extra, *QUIET]
+    assert run(*argv, "-o", ref) == 0
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    code = HOLD + HOLD_AT[moment] + "import sys\nfrom zchunk.cli import main\n"
+    code += "sys.exit(main(sys.argv[1:]))\n"
+    env = {**os.environ, "ZCHUNK_TEST_READY": str(ready), "ZCHUNK_TEST_GO": str(go)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, [*argv, "-o", out])],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    go.touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert (
+        err == f"zchunk: interrupted; the output {str(out)!r} was finished before it took effect\n"
+    )
+    np.testing.assert_array_equal(read(out), read(ref))
+    assert cli(*argv, "-o", out, "--resume") == (0, "")  # finished, with its record
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [f".{name}.zchunk-done"]

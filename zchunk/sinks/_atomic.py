@@ -15,6 +15,7 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "GuardedTarget",
     "abandon",
     "atomic_output",
+    "deferred_interrupt",
     "prepare_output",
     "remove_path",
     "sibling_name",
@@ -232,6 +234,36 @@ def not_writable(final: Path, exc: OSError) -> OSError:
         err.errno = exc.errno  # str(err) stays `msg`
         return err
     return exc
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back during the body, then deliver it: a commit is never cut.
+
+    A commit records an output and renames it onto its name, then deletes what it was made
+    from; cut in between, the output would be missing its record, or a note would offer to
+    resume what is already finished. So SIGINT received during the body is delivered once the
+    body is done (``KeyboardInterrupt`` with Python's default handler). Outside the main
+    thread, where no signal handler runs, or under a handler installed from outside Python,
+    the body runs as is.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def _commit(tmp: Path, final: Path, *, overwrite: bool) -> None:

@@ -50,7 +50,13 @@ from zchunk.errors import (
     ZChunkError,
 )
 from zchunk.sinks import _markers
-from zchunk.sinks._atomic import TEMP_MARKER, GuardedTarget, abandon, remove_path
+from zchunk.sinks._atomic import (
+    TEMP_MARKER,
+    GuardedTarget,
+    abandon,
+    deferred_interrupt,
+    remove_path,
+)
 from zchunk.sinks._done import (
     commit_output,
     finished_reason,
@@ -144,6 +150,8 @@ class PartialWrite:
     done: set[tuple[int, ...]]
     chunks: tuple[tuple[int, ...], ...]
     settings: dict[str, Any]
+    #: Set once the output is under its final name, with its record.
+    committed: bool = False
 
     def record_layout(self) -> None:
         """Record a fresh partial output, once laid out and synced, before any block.
@@ -164,14 +172,20 @@ class PartialWrite:
         return out
 
     def commit(self, *, overwrite: bool) -> None:
-        """Remove the block record, record the output as finished, move it onto its name."""
+        """Remove the block record, record the output as finished, move it onto its name.
+
+        One step for Ctrl-C (:func:`~zchunk.sinks._atomic.deferred_interrupt`): an
+        interruption during it is raised once the output is finished.
+        """
         check_complete(self)
-        if self.folder:
-            remove_path(self.record)  # first: the record of the output covers every file
-        commit_output(
-            self.partial, self.final, self.settings, overwrite=overwrite, partial=self.settings
-        )
-        remove_path(self.record)  # a file's, next to it
+        with deferred_interrupt():
+            if self.folder:
+                remove_path(self.record)  # first: the record of the output covers every file
+            commit_output(
+                self.partial, self.final, self.settings, overwrite=overwrite, partial=self.settings
+            )
+            self.committed = True
+            remove_path(self.record)  # a file's, next to it
 
     def discard(self) -> None:
         """Delete the partial output and its record (once no write into it is running)."""
@@ -461,6 +475,9 @@ def resumable_output(
 def _keep_or_discard(job: PartialWrite, exc: BaseException) -> None:
     """Discard the partial output after `exc`, or keep it and say how to resume (in `exc`)."""
     final = job.final
+    if job.committed:  # e.g. Ctrl-C during the commit, raised once it was done
+        exc.add_note(f"zchunk: the output {os.fspath(final)!r} was finished before it took effect")
+        return
     if not _keeps_partial(exc):
         job.discard()
         return

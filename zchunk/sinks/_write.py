@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from zchunk.errors import StackFormatError
-from zchunk.sinks._atomic import atomic_output, prepare_output
+from zchunk.sinks._atomic import atomic_output, deferred_interrupt, prepare_output
 from zchunk.sinks._done import commit_output
 from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
 from zchunk.sinks._settings import settings_of
@@ -203,9 +203,11 @@ def write(
             return final
 
         def commit(tmp: Path) -> None:  # recorded with `settings`, made from this scratch
-            commit_output(tmp, final, settings, overwrite=overwrite, partial=job.settings)
+            with deferred_interrupt():  # one step for Ctrl-C, as job.commit
+                commit_output(tmp, final, settings, overwrite=overwrite, partial=job.settings)
+                job.committed = True
+                job.discard()
 
         with atomic_output(final, overwrite=overwrite, commit=commit) as tmp:
             writer.export(job.partial, data, tmp)  # type: ignore[attr-defined]
-        job.discard()
     return final
