@@ -256,11 +256,11 @@ _resume.PartialWrite.discard = lambda self: die()
 """
 DURING_SCRATCH_DELETION = """
 import shutil
-from zchunk.sinks import _resume
+from zchunk.sinks import _stale
 def abandon(partial):  # the deletion of the scratch array cut short: its record went first
     shutil.rmtree(partial / ".zchunk-record")
     die()
-_resume.abandon = abandon
+_stale.abandon = abandon
 """
 
 

@@ -1,6 +1,6 @@
 """Block markers: what a resumable write recorded of each finished block, and their check.
 
-A partial output's record holds one marker per finished block (``blocks/<i>.<j>.<k>``, see
+A partial output's record holds its settings (``settings.json``) and one marker per finished block (``blocks/<i>.<j>.<k>``, see
 :mod:`zchunk.sinks._resume`), made after the block is written. The marker says what the
 storage holds for the block, as ``"<bytes> <crc32>"``:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import zlib
@@ -32,11 +33,39 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["block_name", "check_complete", "read_markers", "verified", "write_marker"]
+__all__ = [
+    "BLOCKS_NAME",
+    "SETTINGS_NAME",
+    "block_name",
+    "check_complete",
+    "read_markers",
+    "read_record",
+    "verified",
+    "write_marker",
+]
+
+#: In a partial output's record folder: its settings, and the folder of block markers.
+SETTINGS_NAME = "settings.json"
+BLOCKS_NAME = "blocks"
 
 Index = tuple[int, ...]
 Digest = tuple[int, int]
 _READ = 1 << 22  # read files back in pieces of 4 MiB
+
+
+def read_record(record: str | os.PathLike[str]) -> tuple[dict[str, Any], set[Index]] | None:
+    """Return (settings, finished block indices) of a record, or None if there is none."""
+    try:
+        with open(os.path.join(record, SETTINGS_NAME), "rb") as fh:
+            settings = json.loads(fh.read())
+        names = os.listdir(os.path.join(record, BLOCKS_NAME))
+    except (OSError, ValueError):
+        return None
+    done = set()
+    for name in names:
+        with contextlib.suppress(ValueError):
+            done.add(tuple(int(i) for i in name.split(".")))
+    return settings, done
 
 
 def block_name(index: Iterable[int]) -> str:

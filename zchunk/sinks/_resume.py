@@ -29,7 +29,6 @@ import errno
 import json
 import math
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from dask.base import compute_as_if_collection
 from dask.highlevelgraph import HighLevelGraph
 
 from zchunk._graph import block_regions
-from zchunk._partial import RECORD_NAME, partial_path, record_path
+from zchunk._partial import partial_path, record_path
 from zchunk.errors import (
     DiskSpaceError,
     OutputExistsError,
@@ -51,25 +50,33 @@ from zchunk.errors import (
 )
 from zchunk.sinks import _markers
 from zchunk.sinks._atomic import (
-    TEMP_MARKER,
     GuardedTarget,
-    abandon,
     deferred_interrupt,
     remove_path,
 )
 from zchunk.sinks._done import (
     commit_output,
     finished_reason,
-    forget_orphan,
-    output_identity,
-    read_done,
-    stale_record_names,
     sync_tree,
 )
 from zchunk.sinks._lock import output_lock
-from zchunk.sinks._markers import stored_digest, verified, write_marker
+from zchunk.sinks._markers import (
+    BLOCKS_NAME,
+    SETTINGS_NAME,
+    read_record,
+    stored_digest,
+    verified,
+    write_marker,
+)
 from zchunk.sinks._settings import settings_differ
 from zchunk.sinks._space import check_free_space, disk_space_error
+from zchunk.sinks._stale import (
+    clean_stale,
+    discard_leftover,
+    discard_partial_output,
+    interrupted_replacement,
+    remove_store_temporaries,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,43 +92,20 @@ __all__ = [
     "store_resumable",
 ]
 
-_SETTINGS = "settings.json"
-_BLOCKS = "blocks"
-
 
 # the partial output ---------------------------------------------------------------------------
-
-
-def _read_record(record: Path) -> tuple[dict[str, Any], set[tuple[int, ...]]] | None:
-    """Return (settings, finished block indices) of a record, or None if there is none."""
-    try:
-        settings = json.loads((record / _SETTINGS).read_text())
-        names = os.listdir(record / _BLOCKS)
-    except (OSError, ValueError):
-        return None
-    done = set()
-    for name in names:
-        with contextlib.suppress(ValueError):
-            done.add(tuple(int(i) for i in name.split(".")))
-    return settings, done
 
 
 def _write_record(record: Path, settings: Mapping[str, Any]) -> None:
     """Create `record` with its settings and an empty block list, atomically (by rename)."""
     tmp = record.with_name(f"{record.name}-new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        (tmp / _BLOCKS).mkdir(parents=True)
-        (tmp / _SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
+        (tmp / BLOCKS_NAME).mkdir(parents=True)
+        (tmp / SETTINGS_NAME).write_text(json.dumps(settings, indent=1, sort_keys=True))
         os.rename(tmp, record)
     except BaseException:
         remove_path(tmp)
         raise
-
-
-def _discard(partial: Path, record: Path) -> None:
-    abandon(partial)
-    remove_path(record)
-    remove_path(record_path(partial, folder=False))  # a file's, whatever `partial` was
 
 
 @dataclass
@@ -189,7 +173,7 @@ class PartialWrite:
 
     def discard(self) -> None:
         """Delete the partial output and its record (once no write into it is running)."""
-        _discard(self.partial, self.record)
+        discard_partial_output(self.partial, self.record)
 
 
 def _start(partial: Path, *, folder: bool) -> None:
@@ -218,7 +202,7 @@ def _begin(
     state = None
     if os.path.lexists(partial):
         # the record of what is there (a folder's may be where a file's is expected)
-        state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
+        state = read_record(record_path(partial, folder=os.path.isdir(partial)))
         if not resume:
             if not overwrite:
                 progress = f" ({len(state[1])} of {total} blocks done)" if state else ""
@@ -245,57 +229,17 @@ def _begin(
         state = None
     if state is None:
         if os.path.lexists(partial) or os.path.lexists(record):
-            _discard(partial, record)
+            discard_partial_output(partial, record)
         check_free_space(final, nbytes, compressed=compressed)
         _start(partial, folder=folder)
         return PartialWrite(final, partial, record, folder, True, set(), chunks, settings)
     old = _chunks(state[0])
     done = state[1]
     if folder:
-        _remove_store_temporaries(partial)
+        remove_store_temporaries(partial)
     left = 1.0 - len(done) / max(math.prod(len(c) for c in old), 1)
     check_free_space(final, int(nbytes * left), compressed=compressed)
     return PartialWrite(final, partial, record, folder, False, done, old, state[0])
-
-
-def clean_stale(final: Path) -> None:
-    """Delete what killed runs left next to `final`; call with `final`'s lock held.
-
-    Every run writing `final` holds its lock, so the temporaries of other processes are
-    stale: the page file of a compressed TIFF (``.<name>.zchunk-tmp-<pid>-<hex>``) and a
-    record being created. An old output moved aside (``-old-``) by a run killed before it
-    moved the new one in is put back when `final` is missing, else deleted.
-    """
-    prefix = f".{final.name}{TEMP_MARKER}"
-    record_tmp = (
-        record_path(partial_path(final), folder=False).name + "-new-",
-        *stale_record_names(final),
-    )
-    mine = f"-{os.getpid()}-"
-    try:
-        names = os.listdir(final.parent)
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        if mine in name:
-            continue
-        path = final.parent / name
-        if name.startswith(f"{prefix}old-") and not os.path.lexists(final):
-            with contextlib.suppress(OSError):
-                os.rename(path, final)
-        elif name.startswith((f"{prefix}tmp-", f"{prefix}old-", *record_tmp)):
-            with contextlib.suppress(OSError):
-                remove_path(path)
-    inside = partial_path(final)
-    record = record_path(inside, folder=False)
-    if os.path.lexists(record) and not os.path.lexists(inside):
-        remove_path(record)  # a file's commit killed after its rename, before this removal
-    if inside.is_dir():
-        for name in os.listdir(inside):
-            if name.startswith(f"{RECORD_NAME}-new-") and mine not in name:
-                with contextlib.suppress(OSError):
-                    remove_path(inside / name)
-    forget_orphan(final)
 
 
 def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: bool) -> Path | None:
@@ -315,9 +259,9 @@ def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: b
         clean_stale(final)
         why = finished_reason(final, settings) if os.path.lexists(final) else ""
         if why is None:
-            _discard_leftover(final)
+            discard_leftover(final)
             return final
-        replacing = None if overwrite or not why else _interrupted_replacement(final)
+        replacing = None if overwrite or not why else interrupted_replacement(final)
     if overwrite or not why:
         return None
     fix = "pass overwrite=True / --overwrite to write it again"
@@ -331,63 +275,11 @@ def finished_output(path: PathLike, settings: Mapping[str, Any], *, overwrite: b
     raise OutputExistsError(msg)
 
 
-def _interrupted_replacement(final: Path) -> Path | None:
-    """Return the partial output of `final` if the record of `final` is the partial's.
-
-    A run replacing an existing output records its finished partial output under the final
-    name's record, then renames it in; killed between the two, the record describes the
-    partial output (or, for a compressed TIFF, a page file exported from it) rather than the
-    existing output. Call with `final`'s lock held.
-    """
-    partial = partial_path(final)
-    done = read_done(final)
-    if done is None or not os.path.lexists(partial):
-        return None
-    with contextlib.suppress(OSError):
-        if output_identity(partial) == done.get("output"):
-            return partial  # the partial output itself was recorded (TIFF, zarr)
-    state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
-    made_from = done.get("partial")
-    if state is not None and made_from and settings_differ(state[0], made_from) is None:
-        return partial  # the output was exported from this scratch array (compressed TIFF)
-    return None
-
-
-def _discard_leftover(final: Path) -> None:
-    """Delete the partial output of finished `final` if its commit left it (same settings).
-
-    A partial output without a readable record (its deletion was cut short, or a run was
-    killed before recording it) holds no finished block, so it is deleted too; one recorded
-    with other settings (an interrupted run with other options) is kept for its own resume.
-    """
-    partial = partial_path(final)
-    if not os.path.lexists(partial):
-        return
-    state = _read_record(record_path(partial, folder=os.path.isdir(partial)))
-    made_from = (read_done(final) or {}).get("partial")
-    if state is None or (made_from and settings_differ(state[0], made_from) is None):
-        _discard(partial, record_path(partial, folder=True))
-
-
 def discard_partial(final: Path) -> None:
     """Delete the partial output of `final` and its record, if any (and its stale lock)."""
     partial = partial_path(final)
     with output_lock(final):
-        _discard(partial, record_path(partial, folder=True))
-
-
-#: zarr's local store writes a chunk to ``<key>.<32 hex digits>.partial``, then renames it.
-_STORE_TEMPORARY = re.compile(r".*\.[0-9a-f]{32}\.partial")
-
-
-def _remove_store_temporaries(folder: Path) -> None:
-    """Delete the chunk files a killed run was writing, so that they do not end in the output."""
-    for root, dirnames, names in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if d != RECORD_NAME]
-        for name in names:
-            if _STORE_TEMPORARY.fullmatch(name):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(root, name))
+        discard_partial_output(partial, record_path(partial, folder=True))
 
 
 def _chunks(settings: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
@@ -523,7 +415,7 @@ class _IncompleteWriteError(PartialOutputError):
 
 def check_complete(job: PartialWrite) -> None:
     """Raise if a block of `job` has no valid marker (before the partial output is used)."""
-    missing = _markers.check_complete(os.fspath(job.record / _BLOCKS), job.chunks)
+    missing = _markers.check_complete(os.fspath(job.record / BLOCKS_NAME), job.chunks)
     if missing:
         msg = (
             f"the partial output {os.fspath(job.partial)!r} misses {len(missing)} block(s) "
@@ -556,10 +448,10 @@ def store_resumable(
         if job.fresh:
             job.record_layout()
         if not job.fresh:  # trust a marker only if the storage matches it
-            job.done = verified(target, os.fspath(job.record / _BLOCKS), job.chunks, job.done)
+            job.done = verified(target, os.fspath(job.record / BLOCKS_NAME), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
         guarded = GuardedTarget(target, job.partial)
-        blocks_dir = os.fspath(job.record / _BLOCKS)
+        blocks_dir = os.fspath(job.record / BLOCKS_NAME)
         layer = {
             (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i, summarize)
             for i, region in block_regions(data.chunks)
