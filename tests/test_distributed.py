@@ -395,3 +395,78 @@ def test_the_progress_bar_uses_no_private_hook_of_distributed():
     source = inspect.getsource(zchunk.progress)
     assert "_draw_bar" not in source
     assert "distributed.diagnostics" not in source
+
+
+# A run on a cluster killed while its workers hold blocks: the workers write them later
+STALE_WORKER = """
+import os, sys, time
+from zchunk.sinks import _resume
+store = _resume._store_block
+def _store_block(*args, **kwargs):  # on a worker: every block waits for the test's go
+    open({ready!r}, "a").close()
+    while not os.path.exists({go!r}):
+        time.sleep(0.01)
+    try:
+        return store(*args, **kwargs)
+    finally:
+        open({done!r}, "a").close()
+_resume._store_block = _store_block
+from zchunk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+HELD_COMMIT = """
+import os, sys, time
+from zchunk.sinks import _resume
+commit = _resume.PartialWrite.commit
+def held(self, **kwargs):  # every block written, the commit waits for the test's go
+    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
+    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
+        time.sleep(0.01)
+    commit(self, **kwargs)
+_resume.PartialWrite.commit = held
+from zchunk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _wait_for(path, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(300)
+def test_blocks_of_a_killed_run_never_land_in_the_next_runs_output(cluster, source, tmp_path):
+    # run A on a cluster is killed while two workers hold blocks; run B replaces its partial
+    # output (--overwrite, other settings) and, before B commits, A's workers write: B's output
+    # must be B's alone (the workers see the output's lock is no longer A's run's)
+    out, ref = tmp_path / "out.tif", tmp_path / "ref" / "out.tif"
+    common = ["--memory-limit", BUDGET, "--quiet"]
+    b_argv = ["filter", source, "uniform", "--size", "3", *common, "--workers", "1"]
+    assert main([*b_argv, "-o", str(ref)]) == 0
+    a_ready, a_go, a_done = (str(tmp_path / n) for n in ("a_ready", "a_go", "a_done"))
+    code = STALE_WORKER.format(ready=a_ready, go=a_go, done=a_done)
+    a_argv = ["filter", source, "gaussian", "--sigma", "1", *common, "-o", str(out)]
+    a_argv += ["--scheduler", cluster.scheduler_address]
+    a = subprocess.Popen([sys.executable, "-c", code, *a_argv], stderr=subprocess.PIPE)
+    _wait_for(a_ready, a)
+    time.sleep(0.5)  # both workers hold a block
+    a.kill()
+    a.communicate(timeout=60)
+    b_ready, b_go = tmp_path / "b_ready", tmp_path / "b_go"
+    env = {**os.environ, "ZCHUNK_TEST_READY": str(b_ready), "ZCHUNK_TEST_GO": str(b_go)}
+    b = subprocess.Popen(
+        [sys.executable, "-c", HELD_COMMIT, *b_argv, "-o", str(out), "--overwrite"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for(b_ready, b)
+    Path(a_go).touch()  # A's workers write now, into B's partial output if they may
+    _wait_for(a_done, None)
+    time.sleep(1.0)  # the other worker too
+    b_go.touch()
+    _, err = b.communicate(timeout=120)
+    assert b.returncode == 0, err
+    np.testing.assert_array_equal(read(out), read(ref))

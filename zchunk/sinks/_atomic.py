@@ -99,14 +99,32 @@ class GuardedTarget:
         The real target (a zarr array, a file region writer).
     root : Path
         The temporary file or folder that `target` writes into.
+    fence : zchunk.sinks._lock.Fence, optional
+        The run's hold on the output's lock (``fence_of(root)``): every write first checks it.
     """
 
-    def __init__(self, target: Any, root: Path) -> None:
+    def __init__(self, target: Any, root: Path, fence: Any = None) -> None:
         self.target = target
         self.root = os.fspath(root)
         self.shape = target.shape
         self.dtype = target.dtype
         self.ndim = len(target.shape)
+        self.fence = fence  # the run's hold on the output's lock, if any
+
+    def check_fence(self) -> None:
+        """Raise OSError if the run no longer holds the output's lock (see ``Fence``).
+
+        A worker of a killed run must not write into the partial output of the run that took
+        the output over (it would mix the two runs' blocks): it finds the lock file signed
+        with another token, or gone.
+        """
+        if self.fence is not None and not self.fence.held():
+            msg = (
+                f"the output lock {self.fence.lock!r} is no longer this run's (the run was "
+                f"stopped, or another run took the output over): nothing more is written "
+                f"into {self.root!r}"
+            )
+            raise OSError(errno.ENOLCK, msg)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         with _WRITES:
@@ -115,6 +133,7 @@ class GuardedTarget:
                 raise FileNotFoundError(msg)
             _IN_FLIGHT[self.root] = _IN_FLIGHT.get(self.root, 0) + 1
         try:
+            self.check_fence()
             self.target[key] = value
         finally:
             with _WRITES:

@@ -14,6 +14,11 @@ FUSE file systems), the lock file's contents alone are the lock: a run whose own
 host and no longer alive is taken over, and one on another host is refused; if that run is
 gone (a crashed machine), delete the lock file named in the message.
 
+A run killed while the workers of a dask cluster hold some of its blocks does not stop those
+workers: they write the blocks later, perhaps into the partial output of a run that took the
+output over meanwhile. So the lock file also carries a random token of its run, and every block
+write (and its marker) first checks that the lock file still carries it (:class:`Fence`).
+
 The lock is reentrant within a thread (``save_many`` locks all its outputs, then writes each
 with ``save``, which locks it again).
 """
@@ -25,11 +30,14 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from zchunk._partial import PARTIAL_SUFFIX
 from zchunk.errors import OutputInUseError
 from zchunk.sinks._atomic import not_writable
 
@@ -37,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-__all__ = ["LOCK_SUFFIX", "lock_path", "output_lock"]
+__all__ = ["LOCK_SUFFIX", "Fence", "fence_of", "lock_path", "output_lock"]
 
 #: Suffix of the lock file of an output (after a leading dot and the output's name).
 LOCK_SUFFIX = ".zchunk-lock"
@@ -45,6 +53,8 @@ LOCK_SUFFIX = ".zchunk-lock"
 _GUARD = threading.Lock()
 #: Locks this process holds: lock file -> [file descriptor, depth, owning thread].
 _HELD: dict[str, list[int]] = {}
+#: The token each lock this process holds carries (see :class:`Fence`).
+_TOKENS: dict[str, str] = {}
 
 
 def lock_path(final: Path) -> Path:
@@ -59,10 +69,61 @@ def lock_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{LOCK_SUFFIX}")
 
 
-def _holder_text() -> bytes:
+def _holder_text(token: str) -> bytes:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": since, "token": token}
     return json.dumps(holder).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Whether the run that took an output's lock still holds it: checked before each write.
+
+    A run's blocks may be written by processes that outlive it (the workers of a dask cluster
+    go on with the blocks they hold when the run is killed), and by then a later run may own
+    the output and its partial output. So every block write first checks that the lock file
+    still carries the token the run wrote into it (a fencing token); picklable, so the check
+    runs on the worker.
+
+    Attributes
+    ----------
+    lock : str
+        The lock file.
+    token : str
+        The random token of the run that holds it.
+    """
+
+    lock: str
+    token: str
+
+    def held(self) -> bool:
+        """Whether the lock file still carries this run's token."""
+        try:
+            with open(self.lock, "rb") as fh:
+                holder = json.loads(fh.read(4096) or b"null")
+        except (OSError, ValueError):
+            return False
+        return isinstance(holder, dict) and holder.get("token") == self.token
+
+
+def fence_of(partial: Path) -> Fence | None:
+    """Return the fence of the output whose partial output is `partial` if its lock is held here.
+
+    None when this process does not hold that output's lock.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> fence_of(Path("/res/.max.tif.zchunk-partial")) is None  # not locked here
+    True
+    """
+    name = partial.name
+    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+        return None
+    lock = os.fspath(lock_path(partial.with_name(name[1 : -len(PARTIAL_SUFFIX)])))
+    with _GUARD:
+        token = _TOKENS.get(lock)
+    return None if token is None else Fence(lock, token)
 
 
 def _read_holder(fd: int) -> dict[str, object]:
@@ -102,8 +163,8 @@ def _alive_here(holder: dict[str, object]) -> bool:
     return True
 
 
-def _acquire(final: Path, lock: Path) -> int:
-    """Open, lock and sign the lock file of `final`; return its descriptor."""
+def _acquire(final: Path, lock: Path, token: str) -> int:
+    """Open, lock and sign the lock file of `final` with `token`; return its descriptor."""
     for _ in range(100):
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -130,7 +191,7 @@ def _acquire(final: Path, lock: Path) -> int:
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, _holder_text(), 0)
+            os.pwrite(fd, _holder_text(token), 0)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -166,14 +227,17 @@ def output_lock(final: Path) -> Iterator[None]:
             with _GUARD:
                 held[1] -= 1
         return
-    fd = _acquire(final, lock)
+    token = secrets.token_hex(8)
+    fd = _acquire(final, lock, token)
     with _GUARD:
         _HELD[key] = [fd, 1, me]
+        _TOKENS[key] = token
     try:
         yield
     finally:
         with _GUARD:
             del _HELD[key]
+            del _TOKENS[key]
         # delete while still holding it; a run that opened the file meanwhile sees it gone
         with contextlib.suppress(OSError):
             os.unlink(lock)

@@ -59,7 +59,7 @@ from zchunk.sinks._done import (
     finished_reason,
     sync_tree,
 )
-from zchunk.sinks._lock import output_lock
+from zchunk.sinks._lock import fence_of, output_lock
 from zchunk.sinks._markers import (
     BLOCKS_NAME,
     SETTINGS_NAME,
@@ -402,6 +402,7 @@ def _store_block(
     target[region] = block
     # then record what the storage holds for it (never in a deleted, abandoned record folder)
     digest = stored_digest(target, region)
+    target.check_fence()  # no marker once another run owns the output (see _lock.Fence)
     if digest is None:
         msg = f"block {block_id} of {blocks_dir!r} is not on disk after it was written"
         raise OSError(errno.EIO, msg)
@@ -450,7 +451,7 @@ def store_resumable(
         if not job.fresh:  # trust a marker only if the storage matches it
             job.done = verified(target, os.fspath(job.record / BLOCKS_NAME), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
-        guarded = GuardedTarget(target, job.partial)
+        guarded = GuardedTarget(target, job.partial, fence_of(job.partial))
         blocks_dir = os.fspath(job.record / BLOCKS_NAME)
         layer = {
             (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i, summarize)

@@ -26,6 +26,7 @@ import numpy as np
 
 from zchunk.errors import PartialOutputError
 from zchunk.sinks._atomic import GuardedTarget
+from zchunk.sinks._lock import fence_of
 from zchunk.sinks._write import SCRATCH_LEVEL, check_writable, native_order, regular_grid, write
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def store_blocks(data: da.Array, target: Any, root: Path) -> None:
     partially (zarr shards, chunks), which :func:`create_aligned_array` guarantees. `root` is
     the temporary file or folder `target` writes into (see :class:`GuardedTarget`).
     """
-    guarded: Any = GuardedTarget(target, root)  # dask annotates targets as ArrayLike
+    guarded: Any = GuardedTarget(target, root, fence_of(root))  # dask: targets are ArrayLike
     da.store(data, guarded, lock=False, compute=True)
 
 
