@@ -136,6 +136,19 @@ def test_read_only_output_folder_is_one_line(src, read_only_folder, capsys, name
     assert list(read_only_folder.iterdir()) == []
 
 
+HOLD_EVERY_BLOCK = """
+import signal, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started as a background job
+from zchunk.sinks import _resume
+store = _resume._store_block
+def _store_block(*args, **kwargs):
+    done = store(*args, **kwargs)
+    time.sleep(600)
+    return done
+_resume._store_block = _store_block
+"""
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     src = tmp_path / "src.tif"
@@ -143,15 +156,26 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
     out = tmp_path / "o.zarr"
     argv = [sys.executable, "-m", "zchunk", "filter", str(src), "gaussian", "--sigma", "2",
             "--memory-limit", "100KB", "-o", str(out)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # every block, once stored and marked, holds its worker thread: the run cannot finish
+    # before the Ctrl-C below however late it comes (under load it could: a flake)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_EVERY_BLOCK)
+    paths = [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     blocks = tmp_path / ".o.zarr.zchunk-partial" / ".zchunk-record" / "blocks"
     deadline = time.monotonic() + 60
-    while not (blocks.is_dir() and os.listdir(blocks)):
-        assert proc.poll() is None
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        while not (blocks.is_dir() and os.listdir(blocks)):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never left holding its blocks
+        proc.communicate()
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 130
     assert len(lines) == 1, err.decode()
