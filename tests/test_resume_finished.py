@@ -346,3 +346,49 @@ def test_ctrl_c_during_the_commit_finishes_it_and_says_so(src, tmp_path, kind, m
     assert cli(*argv, "-o", out, "--resume") == (0, "")  # finished, with its record
     hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert hidden == [f".{name}.zchunk-done"]
+
+
+LATE_LOCK = """
+import contextlib, os, sys, time
+from zchunk.sinks import _resume
+lock = _resume.output_lock
+@contextlib.contextmanager
+def late_lock(final):  # found no output, then stopped before taking the lock until go
+    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
+    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
+        time.sleep(0.01)
+    with lock(final):
+        yield
+_resume.output_lock = late_lock
+from zchunk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["tif", "tif-zlib", "zarr"])
+def test_resume_finds_its_output_finished_by_another_run_meanwhile(src, tmp_path, kind):
+    # --resume found no output; before it took the lock, a run with the same settings
+    # finished it: that is this run's finished output, kept (exit 0), not "already exists"
+    name, extra = KINDS[kind]
+    out = tmp_path / name
+    argv = ["filter", src, "gaussian", "--sigma", "1", *extra, *QUIET, "-o", out]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    env = {**os.environ, "ZCHUNK_TEST_READY": str(ready), "ZCHUNK_TEST_GO": str(go)}
+    late = subprocess.Popen(
+        [sys.executable, "-c", LATE_LOCK, *map(str, [*argv, "--resume"])],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert late.poll() is None, late.stderr.read() if late.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert cli(*argv) == (0, "")
+    before = snapshot(out)
+    go.touch()
+    _, err = late.communicate(timeout=120)
+    assert (late.returncode, err) == (0, "")
+    assert snapshot(out) == before

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GuardedTarget",
+    "OutputAppearedError",
     "abandon",
     "atomic_output",
     "deferred_interrupt",
@@ -200,6 +201,14 @@ def _check_not_an_input(final: Path, sources: Iterable[str]) -> None:
             raise OutputExistsError(msg)
 
 
+class OutputAppearedError(OutputExistsError):
+    """The output exists where the run expected none (resuming: where it found none).
+
+    A resuming run that meets it checks whether it is its own finished output, written by a
+    run with the same settings meanwhile (:func:`zchunk.sinks._write.write`).
+    """
+
+
 def _exists_message(final: Path) -> str:
     return f"the output {os.fspath(final)!r} already exists: pass overwrite=True / --overwrite"
 
@@ -234,7 +243,7 @@ def prepare_output(path: PathLike, attrs: Mapping[str, Any], *, overwrite: bool)
         raise OptionError(msg)
     _check_not_an_input(final, _source_paths(attrs))
     if os.path.lexists(final) and not overwrite:
-        raise OutputExistsError(_exists_message(final))
+        raise OutputAppearedError(_exists_message(final))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -289,7 +298,7 @@ def _commit(tmp: Path, final: Path, *, overwrite: bool) -> None:
     """Move the finished temporary `tmp` onto `final`."""
     exists = os.path.lexists(final)
     if exists and not overwrite:  # appeared while we were writing
-        raise OutputExistsError(_exists_message(final))
+        raise OutputAppearedError(_exists_message(final))
     if not exists or not (tmp.is_dir() or (final.is_dir() and not final.is_symlink())):
         os.replace(tmp, final)  # atomic for a file, and for a folder onto a missing name
         return

@@ -51,6 +51,7 @@ from zchunk.errors import (
 from zchunk.sinks import _markers
 from zchunk.sinks._atomic import (
     GuardedTarget,
+    OutputAppearedError,
     deferred_interrupt,
     remove_path,
 )
@@ -194,7 +195,7 @@ def _begin(
 ) -> PartialWrite:
     if os.path.lexists(final) and not overwrite:  # finished while we waited for the lock
         msg = f"the output {os.fspath(final)!r} already exists: pass overwrite=True / --overwrite"
-        raise OutputExistsError(msg)
+        raise OutputAppearedError(msg)
     partial = partial_path(final)
     record = record_path(partial, folder=folder)
     chunks = _chunks(settings)

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from zchunk.errors import StackFormatError
-from zchunk.sinks._atomic import atomic_output, deferred_interrupt, prepare_output
+from zchunk.sinks._atomic import (
+    OutputAppearedError,
+    atomic_output,
+    deferred_interrupt,
+    prepare_output,
+)
 from zchunk.sinks._done import commit_output
 from zchunk.sinks._resume import finished_output, resumable_output, store_resumable
 from zchunk.sinks._settings import settings_of
@@ -179,6 +184,24 @@ def write(
     settings = settings_of(stack, data, format=writer.format, metadata=metadata, writer=options)
     if resume and (done := finished_output(path, settings, overwrite=overwrite)):
         return done
+    try:
+        return _write(writer, stack, data, path, settings, overwrite=overwrite, resume=resume)
+    except OutputAppearedError:  # another run finished it since: this run's, if its settings
+        if resume and (done := finished_output(path, settings, overwrite=overwrite)):
+            return done
+        raise
+
+
+def _write(
+    writer: Writer,
+    stack: Stack,
+    data: da.Array,
+    path: PathLike,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> Path:
     final = prepare_output(path, stack.attrs, overwrite=overwrite)
     scratch = bool(getattr(writer, "scratch", False))
     with resumable_output(
