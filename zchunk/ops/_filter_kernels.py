@@ -252,10 +252,11 @@ def correlate_x(
     """``out = scipy.ndimage.correlate1d(src, w, axis=1, ...)`` in float32."""
     height, width = src.shape
     line = np.empty(width + w.size - 1, dtype=np.float32)
+    body = line[left:]  # indexed by x >= 0 only: no wraparound check, vectorised
     for y in range(height):
         s = src[y]
         for x in range(width):
-            line[left + x] = s[x]
+            body[x] = s[x]
         _x_row(line, w, left, mode, cval, out[y])
 
 

@@ -57,8 +57,9 @@ def _pad(src: NDArray[Any], ry: int, rx: int, mode: int, cval: Any, out: NDArray
                 o[x] = cval
             continue
         s = src[j]
+        body = o[rx:]  # (an index rx + x of unknown sign costs a wraparound check per pixel)
         for x in range(width):
-            o[rx + x] = s[x]
+            body[x] = s[x]
         for x in range(rx):
             i = _source(x - rx, width, mode)
             o[x] = cval if i < 0 else s[i]
@@ -84,8 +85,9 @@ def _load(
     dy = r // sx
     dx = r % sx
     row = const[y + dy] if slots[t] < 0 else ring[slots[t], y + dy]
+    src = row[x0 + dx :]  # indexed by x >= 0 only: numba checks no wraparound, LLVM vectorises
     for x in range(w.size):
-        w[x] = row[x0 + dx + x]
+        w[x] = src[x]
 
 
 @_jit

@@ -129,8 +129,9 @@ def _minmax_x(
     h = np.empty(n, dtype=src.dtype)
     for y in range(height):
         s = src[y]
+        body = line[left:]  # indexed by x >= 0 only: no wraparound check, vectorised
         for x in range(width):
-            line[left + x] = s[x]
+            body[x] = s[x]
         for p in range(left):
             j = _source(p - left, width, mode)
             line[p] = cval if j < 0 else s[j]
