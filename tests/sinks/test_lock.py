@@ -17,9 +17,10 @@ import pytest
 import tifffile
 import zarr
 
+from zchunk._partial import partial_path
 from zchunk.cli import main
 from zchunk.errors import OutputInUseError
-from zchunk.sinks._lock import lock_path, output_lock
+from zchunk.sinks._lock import fence_of, lock_path, output_lock
 from zchunk.testing import blobs
 
 ARGS = ["gaussian", "--memory-limit", "100KB", "--workers", "1", "--quiet"]
@@ -131,3 +132,24 @@ def test_without_flock_the_lock_file_is_the_lock(tmp_path, monkeypatch):
         else:
             with output_lock(out):
                 assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
+
+
+def test_the_token_is_flushed_before_the_lock_is_handed_out(tmp_path, monkeypatch):
+    # a cluster worker on another host checks the token by reading the lock file (Fence.held);
+    # an NFS client keeps a write in its cache until fsync or close, and the run keeps the
+    # file open: unflushed, the server holds an empty file and every worker's check fails
+    out = tmp_path / "a.zarr"
+    flushed: list[bytes] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        flushed.append(os.pread(fd, 4096, 0))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with output_lock(out):
+        fence = fence_of(partial_path(out))
+        assert fence is not None
+        assert fence.held()
+        assert any(json.loads(text or b"null") == json.loads(lock_path(out).read_bytes())
+                   for text in flushed), flushed  # fmt: skip

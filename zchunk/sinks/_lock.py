@@ -17,7 +17,10 @@ gone (a crashed machine), delete the lock file named in the message.
 A run killed while the workers of a dask cluster hold some of its blocks does not stop those
 workers: they write the blocks later, perhaps into the partial output of a run that took the
 output over meanwhile. So the lock file also carries a random token of its run, and every block
-write (and its marker) first checks that the lock file still carries it (:class:`Fence`).
+write (and its marker) first checks that the lock file still carries it (:class:`Fence`); the
+token is flushed (fsync) before the lock is handed out, so workers on other hosts of a shared
+file system read it. A write that passed its check just before the run was killed still lands
+(the check and the write are two steps): see the README's reliability section.
 
 The lock is reentrant within a thread (``save_many`` locks all its outputs, then writes each
 with ``save``, which locks it again).
@@ -192,6 +195,9 @@ def _acquire(final: Path, lock: Path, token: str) -> int:
                 continue
             os.ftruncate(fd, 0)
             os.pwrite(fd, _holder_text(token), 0)
+            # on the server before any worker reads the token: an NFS client holds a write
+            # back until fsync or close, and this run keeps the file open until it ends
+            os.fsync(fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
