@@ -35,7 +35,7 @@ from zchunk.errors import (
     SourceNotFoundError,
 )
 from zchunk.ops.projection import project_many
-from zchunk.sinks import save, save_many, to_ome_zarr, to_tiff, to_zarr
+from zchunk.sinks import _resume, save, save_many, to_ome_zarr, to_tiff, to_zarr
 from zchunk.stack import Stack
 from zchunk.testing import blobs
 
@@ -215,6 +215,44 @@ def test_an_array_input_is_identified_by_its_dask_graph(tmp_path):
         ResumeMismatchError, match=r"the input array \(identified by its dask name\) differs"
     ):
         to_zarr(stack, tmp_path / "a.zarr", resume=True)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_an_array_read_lazily_from_a_store_is_never_resumed(tmp_path, inline, monkeypatch):
+    # dask names da.from_zarr(path) after the store, not its contents: the name stays when the
+    # store is rewritten, so the name cannot vouch for the data (a stale or mixed output)
+    store = tmp_path / "in.zarr"
+    z = zarr.create_array(store, shape=(4, 24, 16), chunks=(4, 8, 16), dtype="uint16")
+    z[:] = 1
+
+    def stack() -> Stack:
+        lazy = da.from_array(zarr.open_array(store, mode="r"), chunks=(4, 8, 16),
+                             inline_array=inline)  # fmt: skip
+        return Stack(lazy) if inline else Stack(da.from_zarr(store, chunks=(4, 8, 16)))
+
+    out = save(stack(), tmp_path / "a.tif")
+    before = out.stat().st_mtime_ns
+    z[:] = 2  # the same store, other contents: the same dask name
+    with pytest.raises(OutputExistsError, match="not this run's finished output"):
+        save(stack(), tmp_path / "a.tif", resume=True)
+    assert out.stat().st_mtime_ns == before
+    store_block, stored = _resume._store_block, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after two blocks, the graph unchanged
+        if len(stored) == 2:
+            raise KeyboardInterrupt
+        stored.append(store_block(*args, **kwargs))
+
+    monkeypatch.setattr(_resume, "_store_block", interrupted)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        save(stack(), tmp_path / "b.zarr")
+    monkeypatch.undo()
+    assert len(stored) == 2
+    z[:] = 3  # a partial output of the old contents is not continued with the new ones
+    with pytest.raises(ResumeMismatchError, match=r"the input array \(identified by"):
+        save(stack(), tmp_path / "b.zarr", resume=True)
+    done = save(stack(), tmp_path / "b.zarr", resume=True, overwrite=True)
+    np.testing.assert_array_equal(zarr.open_array(done)[:], np.full((4, 24, 16), 3))
 
 
 def _tiff_source(tmp_path, shape=(6, 48, 32)):

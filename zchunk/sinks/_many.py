@@ -25,7 +25,7 @@ from zchunk.sinks._resume import (
     resumable_output,
     store_resumable,
 )
-from zchunk.sinks._settings import ARRAY_KEY
+from zchunk.sinks._settings import ARRAY_KEY, array_identity
 from zchunk.sinks._space import check_run_space
 from zchunk.sinks._write import scratch_settings
 from zchunk.sinks._zarr import (
@@ -162,7 +162,10 @@ def _save_all(
             array, stack = arrays[key], stacks[key]
             staged = stack.replace(  # recorded as what it is a copy of, to resume it
                 data=da.from_zarr(array, chunks=array.shards or array.chunks),
-                attrs={**stack.attrs, ARRAY_KEY: stack.attrs.get(ARRAY_KEY, stack.data.name)},
+                attrs={
+                    **stack.attrs,
+                    ARRAY_KEY: stack.attrs.get(ARRAY_KEY) or array_identity(stack.data),
+                },
             )
             written[key] = save(staged, finals[key], **options)
         for _, _, job in writes:

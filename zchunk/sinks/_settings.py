@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,14 @@ if TYPE_CHECKING:
 
     from zchunk.stack import Stack
 
-__all__ = ["ARRAY_KEY", "input_identity", "settings_differ", "settings_of", "source_paths"]
+__all__ = [
+    "ARRAY_KEY",
+    "array_identity",
+    "input_identity",
+    "settings_differ",
+    "settings_of",
+    "source_paths",
+]
 
 #: Operations whose description (``stack.attrs[key]``) is part of the settings of an output.
 OPERATION_KEYS = ("filter", "projection")
@@ -120,6 +128,43 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def _reads_outside(value: Any) -> bool:
+    """Whether a graph value holds an array read lazily from elsewhere (not a NumPy array)."""
+    if isinstance(value, np.ndarray):
+        return False
+    if all(hasattr(value, a) for a in ("shape", "dtype", "__getitem__")):
+        return True  # a zarr array, an h5py dataset, a tifffile store... named by path
+    if isinstance(value, tuple | list):
+        return any(_reads_outside(v) for v in value)
+    if isinstance(value, dict):
+        return any(_reads_outside(v) for v in value.values())
+    inner = [getattr(value, a) for a in ("args", "kwargs", "value") if hasattr(value, a)]
+    return bool(inner) and any(_reads_outside(v) for v in inner)  # dask's Task, DataNode
+
+
+def array_identity(data: da.Array) -> str:
+    """Return what identifies an array input with no files: its dask name, if it can.
+
+    Dask derives the name of an array made from a NumPy array from its contents, but that of
+    an array read lazily from a store (``da.from_zarr(path)``, ``da.from_array`` of a zarr
+    array or an h5py dataset) from the store's path: rewritten, the store keeps its name. Such
+    an array gets a name of its own for this call (its output is never resumed), so that
+    resume cannot keep or continue an output of other contents.
+
+    Examples
+    --------
+    >>> array_identity(da.from_array(np.arange(4))) == array_identity(da.from_array(np.arange(4)))
+    True
+    """
+    graph = data.__dask_graph__()
+    dependencies = getattr(graph, "dependencies", {})
+    layers = getattr(graph, "layers", {"": graph})
+    for name, layer in layers.items():
+        if not dependencies.get(name) and any(_reads_outside(v) for v in layer.values()):
+            return f"{data.name} (read from a store: not resumable, {secrets.token_hex(8)})"
+    return str(data.name)
+
+
 def settings_of(
     stack: Stack,
     data: da.Array,
@@ -154,14 +199,15 @@ def settings_of(
         dask name instead (or ``attrs[ARRAY_KEY]``, for a stored copy of another stack): dask
         derives it from the contents of a NumPy array and from the operations applied, so the
         same data give the same name in every process; an array dask cannot tokenize (or a
-        random one) gets a random name, and its output cannot be resumed.
+        random one) gets a random name, and its output cannot be resumed, nor can that of an
+        array read lazily from a store (see :func:`array_identity`).
     """
     paths = source_paths(stack)
     settings: dict[str, Any] = {
         "zchunk": __version__,
         "format": format,
         "inputs": input_identity(paths),
-        "array": None if paths else stack.attrs.get(ARRAY_KEY, stack.data.name),
+        "array": None if paths else stack.attrs.get(ARRAY_KEY) or array_identity(stack.data),
         "operation": {k: stack.attrs[k] for k in OPERATION_KEYS if k in stack.attrs},
         "axes": stack.axes,
         "shape": [int(n) for n in data.shape],
