@@ -366,3 +366,17 @@ def test_failed_commit_of_a_folder_overwrite_rolls_back(tmp_path, monkeypatch, n
     save(stack, old, overwrite=True, resume=True)  # and the next run replaces it
     np.testing.assert_array_equal(read_back(old), a)
     assert not (old / "precious").exists()
+
+
+def test_leftovers_of_a_killed_run_with_this_pid_are_cleaned(tmp_path):
+    # pids are reused (every run in a container may be pid 1): a killed run's temporaries
+    # whose names carry this process's pid are not this run's own
+    stack = Stack(da.from_array(blobs((4, 32, 24), np.uint16, seed=3), chunks=(4, 16, 24)))
+    final = save(stack, tmp_path / "o.zarr")
+    pid = os.getpid()
+    final.rename(tmp_path / f".o.zarr.zchunk-old-{pid}-0123abcd")  # moved aside, then killed
+    (tmp_path / f".o.zarr.zchunk-tmp-{pid}-89abcdef").write_bytes(b"a page file")
+    (tmp_path / f".o.zarr.zchunk-done-new-{pid}-01234567").write_text("{}")
+    assert save(stack, tmp_path / "o.zarr", resume=True) == final  # the old output, put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".o.zarr.zchunk-done", "o.zarr"]
+    np.testing.assert_array_equal(zarr.open_array(final)[:], stack.data.compute())

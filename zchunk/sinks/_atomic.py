@@ -35,12 +35,36 @@ __all__ = [
     "atomic_output",
     "deferred_interrupt",
     "prepare_output",
+    "process_tag",
     "remove_path",
     "sibling_name",
 ]
 
 #: Marker in the names of every temporary that a sink creates next to its output.
 TEMP_MARKER = ".zchunk-"
+
+
+def _new_tag() -> str:
+    return f"{os.getpid()}.{secrets.token_hex(3)}"
+
+
+#: This process's mark in the names of its temporaries: its pid and a random nonce, since pids
+#: are reused (every run in a container may be pid 1) and a killed run's leftovers must not
+#: pass for this run's own. Renewed in a forked child.
+_PROCESS_TAG = _new_tag()
+
+
+def _renew_tag() -> None:
+    global _PROCESS_TAG
+    _PROCESS_TAG = _new_tag()
+
+
+os.register_at_fork(after_in_child=_renew_tag)
+
+
+def process_tag() -> str:
+    """Return this process's mark in temporary names (pid and nonce), e.g. ``"4242.a1b2c3"``."""
+    return _PROCESS_TAG
 
 
 def sibling_name(final: Path, kind: str) -> Path:
@@ -57,7 +81,7 @@ def sibling_name(final: Path, kind: str) -> Path:
     Returns
     -------
     Path
-        ``<folder>/.<name>.zchunk-<kind>-<pid>-<random>``.
+        ``<folder>/.<name>.zchunk-<kind>-<pid>.<nonce>-<random>`` (see :func:`process_tag`).
 
     Examples
     --------
@@ -66,7 +90,7 @@ def sibling_name(final: Path, kind: str) -> Path:
     ('results', True)
     """
     token = secrets.token_hex(4)
-    return final.with_name(f".{final.name}{TEMP_MARKER}{kind}-{os.getpid()}-{token}")
+    return final.with_name(f".{final.name}{TEMP_MARKER}{kind}-{process_tag()}-{token}")
 
 
 def remove_path(path: Path) -> None:

@@ -26,7 +26,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from zchunk._partial import partial_path
-from zchunk.sinks._atomic import _commit, remove_path
+from zchunk.sinks._atomic import _commit, process_tag, remove_path
 from zchunk.sinks._settings import settings_differ
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def output_identity(path: Path) -> dict[str, Any]:
 
 
 def _write_json_atomically(path: Path, value: Any) -> None:
-    tmp = path.with_name(f"{path.name}-new-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = path.with_name(f"{path.name}-new-{process_tag()}-{secrets.token_hex(4)}")
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:

@@ -53,6 +53,7 @@ from zchunk.sinks._atomic import (
     GuardedTarget,
     OutputAppearedError,
     deferred_interrupt,
+    process_tag,
     remove_path,
 )
 from zchunk.sinks._done import (
@@ -99,7 +100,7 @@ __all__ = [
 
 def _write_record(record: Path, settings: Mapping[str, Any]) -> None:
     """Create `record` with its settings and an empty block list, atomically (by rename)."""
-    tmp = record.with_name(f"{record.name}-new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = record.with_name(f"{record.name}-new-{process_tag()}-{uuid.uuid4().hex[:8]}")
     try:
         (tmp / BLOCKS_NAME).mkdir(parents=True)
         (tmp / SETTINGS_NAME).write_text(json.dumps(settings, indent=1, sort_keys=True))

@@ -19,7 +19,7 @@ import re
 from typing import TYPE_CHECKING
 
 from zchunk._partial import RECORD_NAME, partial_path, record_path
-from zchunk.sinks._atomic import TEMP_MARKER, abandon, remove_path
+from zchunk.sinks._atomic import TEMP_MARKER, abandon, process_tag, remove_path
 from zchunk.sinks._done import (
     forget_orphan,
     output_identity,
@@ -54,7 +54,7 @@ def clean_stale(final: Path) -> None:
         record_path(partial_path(final), folder=False).name + "-new-",
         *stale_record_names(final),
     )
-    mine = f"-{os.getpid()}-"
+    mine = f"-{process_tag()}-"  # this run's own (a pid alone may be a killed run's)
     try:
         names = os.listdir(final.parent)
     except FileNotFoundError:
