@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,15 @@ def _wait_for(path, proc, timeout=60.0):
         time.sleep(0.005)
 
 
+def _wait_stopped(proc, timeout=30.0):
+    """Wait until `proc` is stopped (state T in /proc), so that it writes nothing more."""
+    deadline = time.monotonic() + timeout
+    stat = f"/proc/{proc.pid}/stat"
+    while Path(stat).read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, f"pid {proc.pid} did not stop"
+        time.sleep(0.001)
+
+
 def _tree(path):
     return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
@@ -60,6 +70,7 @@ def test_second_run_on_the_same_output_is_refused(src, tmp_path):
         # stop the first run once it writes blocks: it still holds its lock
         _wait_for(out.with_name(".o.zarr.zchunk-partial") / ".zchunk-record" / "blocks", first)
         first.send_signal(signal.SIGSTOP)
+        _wait_stopped(first)  # the signal is asynchronous: its writes may still be landing
         partial = _tree(out.with_name(".o.zarr.zchunk-partial"))
         for extra in (
             ["--sigma", "3", "--overwrite"],
