@@ -95,3 +95,12 @@ def test_stack_reports_bad_scale_as_a_stack_format_error():
         Stack(da.zeros((2, 3, 4)), scale=(1.0, 2.0))
     with pytest.raises(StackFormatError, match="positive finite"):
         Stack(da.zeros((2, 3, 4)), scale=(1.0, -2.0, 1.0))
+
+
+def test_in_order_moves_data_and_calibration_together():
+    data = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5).astype("uint16")
+    s = Stack(data, axes="zcyx", scale=(2.0, None, 0.5, 0.25), units=("um", None, "um", "nm"))
+    t = s.in_order("tczyx")
+    assert (t.axes, t.scale, t.units) == ("czyx", (None, 2.0, 0.5, 0.25), (None, "um", "um", "nm"))
+    np.testing.assert_array_equal(t.data.compute(), data.transpose(1, 0, 2, 3))
+    assert s.in_order("tzcyx") is s  # already in order: the same stack, no transpose

@@ -253,6 +253,26 @@ class Stack:
         fresh = self.source.reopen(whole=whole, purpose=purpose)
         return self.replace(data=fresh.data, plan=fresh.plan, source=fresh.source)
 
+    def in_order(self, order: str) -> Stack:
+        """Return this stack with its axes in the order they have in `order` (lazily transposed).
+
+        Axes of `order` the stack lacks are skipped; calibration follows its axis.
+
+        >>> s = Stack(np.zeros((2, 3, 4), "uint8"), axes="zcx", scale=(2.0, None, 0.5))
+        >>> t = s.in_order("tczyx")
+        >>> t.axes, t.shape, t.scale
+        ('czx', (3, 2, 4), (None, 2.0, 0.5))
+        """
+        perm = [self.axes.index(a) for a in order if a in self.axes]
+        if perm == list(range(len(perm))):
+            return self
+        return self.replace(
+            data=self.data.transpose(perm),
+            axes="".join(self.axes[i] for i in perm),
+            scale=tuple(self.scale[i] for i in perm),
+            units=tuple(self.units[i] for i in perm),
+        )
+
     def drop_axis(self, letter: str, data: da.Array) -> Stack:
         """Return a Stack holding `data`, which is this stack with axis `letter` reduced away."""
         i = self.axis(letter)

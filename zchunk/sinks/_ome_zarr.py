@@ -48,19 +48,6 @@ NGFF_VERSIONS: dict[str, Literal[2, 3]] = {"0.5": 3, "0.4": 2}
 NGFF_AXES = "tczyx"
 
 
-def _ngff_order(stack: Stack) -> Stack:
-    """Return `stack` with its axes in NGFF's t, c, z, y, x order (lazily transposed)."""
-    perm = [stack.axes.index(a) for a in NGFF_AXES if a in stack.axes]
-    if perm == list(range(len(perm))):
-        return stack
-    return stack.replace(
-        data=stack.data.transpose(perm),
-        axes="".join(stack.axes[i] for i in perm),
-        scale=tuple(stack.scale[i] for i in perm),
-        units=tuple(stack.units[i] for i in perm),
-    )
-
-
 def _axes_units(stack: Stack) -> dict[str, str]:
     """Units of the axes that have one NGFF knows (UDUNITS names); others are left out."""
     from ome_zarr.axes import (  # type: ignore[import-untyped]
@@ -300,5 +287,5 @@ def to_ome_zarr(
         msg = f"pyramid={pyramid!r} is not a number of levels: use an integer >= 0"
         raise OptionError(msg)
     check_writable(stack)
-    writer = OmeZarrWriter(_ngff_order(stack), ngff_version, pyramid)
+    writer = OmeZarrWriter(stack.in_order(NGFF_AXES), ngff_version, pyramid)
     return write(writer, writer.stack, path, overwrite=overwrite, resume=resume)

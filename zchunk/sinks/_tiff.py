@@ -88,15 +88,7 @@ def _tiff_order(stack: Stack) -> Stack:
             "write it to .zarr instead"
         )
         raise StackFormatError(msg)
-    perm = [stack.axes.index(a) for a in TIFF_AXES if a in stack.axes]
-    if perm == list(range(len(perm))):
-        return stack
-    return stack.replace(
-        data=stack.data.transpose(perm),
-        axes="".join(stack.axes[i] for i in perm),
-        scale=tuple(stack.scale[i] for i in perm),
-        units=tuple(stack.units[i] for i in perm),
-    )
+    return stack.in_order(TIFF_AXES)
 
 
 def _layout(stack: Stack, *, ome: bool) -> Layout:
