@@ -23,7 +23,7 @@ import pytest
 import tifffile
 
 from zchunk.cli import main
-from zchunk.testing import TIFF_LAYOUTS, blobs
+from zchunk.testing import LATE_LOCK, TIFF_LAYOUTS, blobs
 
 SEED = int(os.environ.get("ZCHUNK_ADVERSARIAL_SEED", "20261130"))
 SHAPE = (4, 384, 64)
@@ -154,23 +154,6 @@ def test_concurrent_writers_never_mix(src, references, tmp_path, kind):
     assert finish(cli([*owner[0], "--resume"]))[0] == 0, said  # its record: nothing to do
     assert tree(out) == got
     assert leftovers(tmp_path) == []
-
-
-LATE_LOCK = """
-import contextlib, os, sys, time
-from zchunk.sinks import _resume
-lock = _resume.output_lock
-@contextlib.contextmanager
-def late_lock(final):  # stopped just before taking the lock, until the test says go
-    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
-    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
-        time.sleep(0.01)
-    with lock(final):
-        yield
-_resume.output_lock = late_lock
-from zchunk.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.timeout(300)

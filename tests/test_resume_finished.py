@@ -23,7 +23,7 @@ import tifffile
 
 import zchunk
 from zchunk.cli import main
-from zchunk.testing import blobs
+from zchunk.testing import LATE_LOCK, blobs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -346,23 +346,6 @@ def test_ctrl_c_during_the_commit_finishes_it_and_says_so(src, tmp_path, kind, m
     assert cli(*argv, "-o", out, "--resume") == (0, "")  # finished, with its record
     hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert hidden == [f".{name}.zchunk-done"]
-
-
-LATE_LOCK = """
-import contextlib, os, sys, time
-from zchunk.sinks import _resume
-lock = _resume.output_lock
-@contextlib.contextmanager
-def late_lock(final):  # found no output, then stopped before taking the lock until go
-    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
-    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
-        time.sleep(0.01)
-    with lock(final):
-        yield
-_resume.output_lock = late_lock
-from zchunk.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.timeout(300)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "LATE_LOCK",
     "TIFF_LAYOUTS",
     "blobs",
     "imwrite",
@@ -46,3 +47,23 @@ def imwrite(path: str | os.PathLike[str], data: np.ndarray, **kwargs: Any) -> st
     kwargs.setdefault("photometric", "minisblack")
     tifffile.imwrite(path, data, **kwargs)
     return os.fspath(path)
+
+
+#: ``python -c LATE_LOCK ARGS...`` runs ``zchunk ARGS...`` stopped just before it takes its
+#: output's lock: it creates the file ``$ZCHUNK_TEST_READY`` there and waits until the file
+#: ``$ZCHUNK_TEST_GO`` exists. Tests use it to make a race between two runs deterministic.
+LATE_LOCK = """
+import contextlib, os, sys, time
+from zchunk.sinks import _resume
+lock = _resume.output_lock
+@contextlib.contextmanager
+def late_lock(final):
+    open(os.environ["ZCHUNK_TEST_READY"], "w").close()
+    while not os.path.exists(os.environ["ZCHUNK_TEST_GO"]):
+        time.sleep(0.01)
+    with lock(final):
+        yield
+_resume.output_lock = late_lock
+from zchunk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
