@@ -765,6 +765,87 @@ def test_block_markers_hold_the_stored_size_and_crc32(tmp_path):
     assert marker == f"{len(shard)} {zlib.crc32(shard):08x}\n"
 
 
+def _stored_digests(final: Path, writer: str) -> dict[tuple[int, ...], object]:
+    """Every block marker of `final`'s partial output, and the digest of its files on disk."""
+    from zchunk.sinks import _markers
+
+    partial = partial_of(final)
+    array = zarr.open_array(partial, path="0" if writer.startswith("ome") else "", mode="r")
+    chunks = ((4,), (8,) * 5, (20,))
+    out = {}
+    for index, claimed in _markers.read_markers(str(blocks_dir(final))).items():
+        region = _markers._regions(chunks, index)
+        out[index] = (claimed, _markers.stored_digest(array, region))
+    return out
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "ome-zarr-0.4"])
+@pytest.mark.parametrize("kept", [True, False], ids=["from memory", "read back"])
+def test_markers_hold_the_digest_of_the_stored_files(tmp_path, writer, kept, monkeypatch):
+    # the digest is taken from the bytes handed to the store (zarr v3: one shard per block;
+    # v2: one file per plane, end to end in key order), or read back when they were not kept
+    from zchunk.sinks import _written
+
+    if not kept:
+        monkeypatch.setattr(_written.WrittenStore, "take", lambda self, key: None)
+    _, _, _, final = _interrupted_after_three_blocks(tmp_path, writer)
+    digests = _stored_digests(final, writer)
+    assert len(digests) == 3
+    for claimed, stored in digests.values():
+        assert claimed == stored
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr-0.4"])
+def test_a_marker_vouches_for_the_computed_bytes_not_for_what_the_disk_returned(
+    tmp_path, writer, monkeypatch
+):
+    # a shard that differs from what the run wrote, as soon as it is written (another writer,
+    # a storage fault): its marker holds the computed bytes, so resume computes it again
+    # (a digest read back from disk would vouch for the wrong bytes, and resume keep them)
+    from zarr.storage import LocalStore
+
+    set_sync = LocalStore.set_sync
+    damaged: list[int] = []
+
+    def damaging_set_sync(self, key, value):
+        set_sync(self, key, value)
+        if "zarr" in key or ".z" in key:  # metadata
+            return
+        block = int(key.split("/")[-2])  # the y index: blocks are 8 rows, as chunks are
+        if not damaged or damaged[0] == block:  # every file of the first block written
+            damaged[:1] = [block]
+            path = os.path.join(self.root, key)
+            with open(path, "rb") as f:
+                data = bytearray(f.read())
+            data[len(data) // 2] ^= 0xFF
+            with open(path, "wb") as f:
+                f.write(data)
+
+    async def damaging_set(self, key, value):
+        damaging_set_sync(self, key, value)
+
+    stack, _ = make_stack()
+    ref = WRITERS[writer](stack, tmp_path / "ref")
+    monkeypatch.setattr(LocalStore, "set_sync", damaging_set_sync)
+    monkeypatch.setattr(LocalStore, "set", damaging_set)
+    cut = Interrupt(after=4)
+    stack = cut.wrap(stack)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        WRITERS[writer](stack, tmp_path / "work")
+    monkeypatch.undo()
+    final = tmp_path / "work" / FINAL[writer]
+    assert (0, damaged[0], 0) in _markers_of(final)
+    cut.counts.clear()
+    out = WRITERS[writer](stack, tmp_path / "work", resume=True)
+    assert tree(out) == tree(ref)
+    assert cut.counts[(0, damaged[0], 0)] == 1  # computed again
+    assert sum(cut.counts.values()) == 3
+
+
+def _markers_of(final: Path) -> set[tuple[int, ...]]:
+    return {tuple(int(i) for i in n.split(".")) for n in os.listdir(blocks_dir(final))}
+
+
 def _rewrite_keeping_size_and_mtime(path: Path, *, replace: bool) -> None:
     """Change the pixels of `path`, keep its size and mtime (in place, or by a rename over it)."""
     st = os.stat(path)

@@ -1,12 +1,16 @@
 """Block markers: what a resumable write recorded of each finished block, and their check.
 
 A partial output's record holds its settings (``settings.json``) and one marker per finished block (``blocks/<i>.<j>.<k>``, see
-:mod:`zchunk.sinks._resume`), made after the block is written. The marker says what the
-storage holds for the block, as ``"<bytes> <crc32>"``:
+:mod:`zchunk.sinks._resume`), made after the block is written. The marker says what was
+written for the block, as ``"<bytes> <crc32>"``:
 
-- a zarr array: the stored files of the block (its shard for zarr v3, its plane chunks for
-  zarr v2), compressed, as they are on disk;
+- a zarr array: the files of the block (its shard for zarr v3, its plane chunks for zarr v2,
+  end to end), compressed: the bytes the run handed its local store (see
+  :mod:`zchunk.sinks._written`), or else the files as read back from disk;
 - a region of a file (an uncompressed TIFF): the block's pixels as laid out in the file.
+
+A marker taken from the bytes handed to the store vouches for what was computed: a file that
+differs from them on disk (a short write, another writer) fails the check on resume.
 
 A marker is written to a hidden name and renamed, so it is whole or absent. On resume, every
 marker is checked against the storage before its block is skipped: a marker that is empty or
@@ -42,6 +46,7 @@ __all__ = [
     "read_record",
     "verified",
     "write_marker",
+    "written_digest",
 ]
 
 #: In a partial output's record folder: its settings, and the folder of block markers.
@@ -140,16 +145,20 @@ def _unwrap(target: Any) -> Any:
     return target if inner is None else inner
 
 
+def _zarr_keys(array: Any, region: tuple[slice, ...]) -> list[str]:
+    """Return the store keys of the files zarr `array` stores `region` in (whole write units)."""
+    units = array.shards or array.chunks
+    ranges = [range(s.start // u, -(-s.stop // u)) for s, u in zip(region, units, strict=True)]
+    prefix = f"{array.path}/" if array.path else ""
+    return [prefix + array.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
+
+
 def _zarr_files(array: Any, region: tuple[slice, ...]) -> list[str] | None:
     """Return the files a zarr array stores `region` in (whole write units); None if remote."""
     root = getattr(array.store, "root", None)
     if root is None:
         return None
-    units = array.shards or array.chunks
-    ranges = [range(s.start // u, -(-s.stop // u)) for s, u in zip(region, units, strict=True)]
-    folder = os.path.join(os.fspath(root), array.path)
-    keys = (array.metadata.encode_chunk_key(c) for c in itertools.product(*ranges))
-    return [os.path.join(folder, k) for k in keys]
+    return [os.path.join(os.fspath(root), k) for k in _zarr_keys(array, region)]
 
 
 def _files_digest(paths: Sequence[str], expected: int | None = None) -> Digest | None:
@@ -187,6 +196,23 @@ def stored_digest(target: Any, region: tuple[slice, ...], expected: int | None =
         data = np.ascontiguousarray(target[region])
         return data.nbytes, zlib.crc32(memoryview(data).cast("B"))
     return _files_digest(files, expected)
+
+
+def written_digest(target: Any, region: tuple[slice, ...]) -> Any:
+    """Return (bytes, crc32) of what `target` was just given to store for `region`, or None.
+
+    For a zarr array opened by :func:`zchunk.sinks._written.recording`: the bytes its store
+    was handed for the block's files, taken (once) from memory. For any other target, or a
+    file whose bytes were not kept, what the storage holds, read back (:func:`stored_digest`).
+    """
+    inner = _unwrap(target)
+    if callable(getattr(getattr(inner, "store", None), "take", None)):  # a WrittenStore
+        from zchunk.sinks._written import take_written
+
+        digest = take_written(inner, _zarr_keys(inner, region))
+        if digest is not None:
+            return digest
+    return stored_digest(target, region)
 
 
 def _regions(chunks: tuple[tuple[int, ...], ...], index: Index) -> tuple[slice, ...]:

@@ -29,6 +29,7 @@ import errno
 import json
 import math
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,9 @@ from zchunk.sinks._markers import (
     BLOCKS_NAME,
     SETTINGS_NAME,
     read_record,
-    stored_digest,
     verified,
     write_marker,
+    written_digest,
 )
 from zchunk.sinks._settings import settings_differ
 from zchunk.sinks._space import check_free_space, disk_space_error
@@ -402,14 +403,23 @@ def _store_block(
     summarize: Summarize | None = None,
 ) -> Any:
     target[region] = block
-    # then record what the storage holds for it (never in a deleted, abandoned record folder)
-    digest = stored_digest(target, region)
+    # then record what was stored for it (never in a deleted, abandoned record folder)
+    digest = written_digest(target, region)
     target.check_fence()  # no marker once another run owns the output (see _lock.Fence)
     if digest is None:
         msg = f"block {block_id} of {blocks_dir!r} is not on disk after it was written"
         raise OSError(errno.EIO, msg)
     write_marker(blocks_dir, tuple(block_id or ()), digest)
     return None if summarize is None else summarize(block, region)
+
+
+def _recording(target: Any) -> Any:
+    """Return `target`, a zarr array opened to keep what it writes (see ``_written``) if local."""
+    if "zarr" not in sys.modules:  # not a zarr array: no need to import zarr
+        return target
+    from zchunk.sinks._written import recording
+
+    return recording(target)
 
 
 class _IncompleteWriteError(PartialOutputError):
@@ -453,7 +463,7 @@ def store_resumable(
         if not job.fresh:  # trust a marker only if the storage matches it
             job.done = verified(target, os.fspath(job.record / BLOCKS_NAME), job.chunks, job.done)
         name = f"zchunk-store-{uuid.uuid4().hex}"
-        guarded = GuardedTarget(target, job.partial, fence_of(job.partial))
+        guarded = GuardedTarget(_recording(target), job.partial, fence_of(job.partial))
         blocks_dir = os.fspath(job.record / BLOCKS_NAME)
         layer = {
             (name, *i): (_store_block, (data.name, *i), guarded, region, blocks_dir, i, summarize)
