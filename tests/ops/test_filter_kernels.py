@@ -3,6 +3,7 @@ import pytest
 from scipy import ndimage
 
 from zchunk.ops import _filter_kernels as K
+from zchunk.ops import _round_kernels as R
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
 from zchunk.ops.projection import cast_rounded
 
@@ -55,7 +56,7 @@ def test_store_rounded_is_cast_rounded():
     a = np.concatenate([a, [65535.5, 65534.5, 255.5, 2.5, 3.5, -0.5]]).astype(np.float32)
     for dtype in (np.uint8, np.int8, np.uint16, np.int16):
         out = np.empty((1, a.size), dtype)
-        K.store_rounded(a[None], 0, 0, out)
+        R.store_rounded(a[None], 0, 0, out)
         np.testing.assert_array_equal(out[0], cast_rounded(a, dtype))
 
 
@@ -65,7 +66,7 @@ def test_store_rounded_of_float64_is_cast_rounded_up_to_32_bits():
     a = np.concatenate([a, [4294967294.5, 2147483646.5, 2**31 + 0.5, 16777217.5, 65535.5]])
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
         out = np.empty((2, a.size - 1), dtype)
-        K.store_rounded(np.stack([a, a[::-1]]), 0, 1, out)
+        R.store_rounded(np.stack([a, a[::-1]]), 0, 1, out)
         np.testing.assert_array_equal(out[0], cast_rounded(a[1:], dtype))
         np.testing.assert_array_equal(out[1], cast_rounded(a[::-1][1:], dtype))
 

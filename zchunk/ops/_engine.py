@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zchunk.ops._filter_kernels import MODE_CODES, plane_sources, rounding_bounds, store_rounded
+from zchunk.ops._filter_kernels import MODE_CODES, plane_sources
+from zchunk.ops._round_kernels import rounding_bounds, store_rounded
 from zchunk.ops.projection import cast_rounded
 
 if TYPE_CHECKING:

@@ -13,6 +13,9 @@ for lines shorter than the kernel, as scipy's ``NI_ExtendLine`` extends them).
   (slots chosen by the caller with :func:`plane_sources`), row by row.
 - :func:`add_squares` and :func:`sqrt_into`: the gradient magnitude of several terms, squares
   summed in float64 (no overflow, no loss) and rounded once to float32.
+- :func:`correlate_yx_store` and :func:`combine_store`: the last pass of a filter, each row
+  rounded into the output block as it is finished (with the row kernel of
+  :mod:`zchunk.ops._round_kernels`).
 
 Arithmetic is float32, accumulated tap by tap in scipy's order with the taps in the innermost
 position of the loop over x: every inner loop is a branch-free ``out[x] += w * src[x]`` that
@@ -40,6 +43,8 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 from numba import njit
 
+from zchunk.ops._round_kernels import store_row as _store_row
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -56,9 +61,7 @@ __all__ = [
     "correlate_z",
     "correlate_z_group",
     "plane_sources",
-    "rounding_bounds",
     "sqrt_into",
-    "store_rounded",
 ]
 
 #: scipy's mode names -> the codes the kernels take
@@ -339,64 +342,6 @@ def correlate_z_group(
                 for x in range(width):
                     o[x] += cb * np.float32(r[x])
                 i += 1
-
-
-@_jit
-def _store_row(
-    src: NDArray[Any], c0: int, bounds: NDArray[Any], rounding: bool, out: NDArray[Any]
-) -> None:
-    """``out = src[c0:c0 + len(out)]``, rounded half to even and clipped to `bounds` (NaN: 0).
-
-    Without `rounding`, a plain cast. The arithmetic is in `src`'s type: `bounds` has it.
-    """
-    s = src[c0:]
-    if not rounding:
-        for x in range(out.size):
-            out[x] = s[x]
-        return
-    low = bounds[0]
-    high = bounds[1]
-    for x in range(out.size):
-        v = s[x]
-        v = max(v, low)
-        v = min(v, high)
-        v = 0 if np.isnan(v) else v
-        out[x] = np.rint(v)
-
-
-@_jit
-def _store_rounded(
-    src: NDArray[Any], r0: int, c0: int, bounds: NDArray[Any], out: NDArray[Any]
-) -> None:
-    for y in range(out.shape[0]):
-        _store_row(src[r0 + y], c0, bounds, True, out[y])
-
-
-def rounding_bounds(dtype: np.dtype[Any], work: np.dtype[Any]) -> NDArray[Any] | None:
-    """Return the clip bounds for rounding `work` values to integer `dtype`, or None.
-
-    None when `dtype` is not an integer type the compiled rounding takes from `work`:
-    8- and 16-bit from float32, up to 32-bit from float64 (the bounds are then exact in
-    `work`, and so is the rounding; rint is exact below 2**23 and 2**52).
-    """
-    if dtype.kind not in "iu" or dtype.itemsize > work.itemsize // 2:
-        return None
-    info = np.iinfo(dtype)
-    return np.array([info.min, info.max], dtype=work)
-
-
-def store_rounded(src: NDArray[Any], r0: int, c0: int, out: NDArray[Any]) -> None:
-    """``out = clip(rint(src[r0:, c0:]), lo, hi)`` cast to out's integer dtype; NaN gives 0.
-
-    float32 `src` for 8- and 16-bit targets, float64 for targets up to 32 bits (see
-    :func:`rounding_bounds`). :func:`zchunk.ops.projection.cast_rounded` on a plane, without
-    temporaries.
-    """
-    bounds = rounding_bounds(np.dtype(out.dtype), np.dtype(src.dtype))
-    if bounds is None:
-        msg = f"cannot round {src.dtype} to {out.dtype} in one pass"
-        raise ValueError(msg)
-    _store_rounded(src, r0, c0, bounds, out)
 
 
 @_jit

@@ -31,6 +31,7 @@ import numpy as np
 
 from zchunk.ops import _filter_kernels as K
 from zchunk.ops._engine import Engine, check_count
+from zchunk.ops._round_kernels import rounding_bounds
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -332,7 +333,7 @@ class PlaneFilter(Engine):
         """(bounds, rounding) to store into `dtype` in the compiled passes, or None."""
         if dtype.kind in "iu":
             work = np.dtype(np.float64 if self.magnitude else np.float32)
-            bounds = K.rounding_bounds(dtype, work)
+            bounds = rounding_bounds(dtype, work)
             return None if bounds is None else (bounds, True)
         if dtype in (np.float32, np.float64):
             return np.zeros(2, np.float64 if self.magnitude else np.float32), False
