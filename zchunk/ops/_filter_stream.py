@@ -5,7 +5,7 @@
 region (z runs through a ring, see :class:`~zchunk.ops._separable.PlaneFilter`) into an output
 block, or :meth:`FilteredSource.planes` hands the filtered planes on one by one.
 
-:class:`FilteredSource` is the :class:`zchunk._source.Source` of a stack filtered straight from
+:class:`FilteredSource` is the :class:`zchunk.stack.Source` of a stack filtered straight from
 a file that streams: a projection of it (``zchunk project --gaussian``) streams filtered planes
 into its running results, so no task ever holds a filtered chunk.
 """
@@ -27,8 +27,8 @@ from zchunk.ops.projection import cast_rounded
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from zchunk._source import Source
     from zchunk.ops._filter_spec import Spec
+    from zchunk.stack import Source
 
 __all__ = [
     "filter_block",

@@ -107,9 +107,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import DTypeLike
 
-    from zchunk._source import Source
     from zchunk._types import FilterName, Mode
-    from zchunk.stack import Stack
+    from zchunk.stack import Source, Stack
 
 __all__ = ["FILTERS", "MODES", "FilteredSource", "filter", "halo_pixels"]
 

@@ -48,9 +48,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import DTypeLike
 
-    from zchunk._source import Source
     from zchunk._types import Like, ProjectionMethod
-    from zchunk.stack import Stack
+    from zchunk.stack import Source, Stack
 
 __all__ = ["METHODS", "cast_rounded", "exact_in_float32", "project", "project_many"]
 
