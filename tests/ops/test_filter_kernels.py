@@ -283,3 +283,24 @@ def test_store_writes_the_kept_planes_as_run_then_cast_does(name, axes, param, o
         engine.store(iter(planes), k0, got, trim)
         np.testing.assert_array_equal(got, ref)
         assert engine._out is None  # no float plane of the result was made
+
+
+@pytest.mark.parametrize("nterms", [2, 3])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_magnitude_rounded_in_float32_is_the_float64_magnitude_rounded(nterms, dtype, rng):
+    # the float32 magnitude (integer outputs of <= 16 bits) is recomputed in float64 near a
+    # half-integer: large magnitudes, where float32 is too coarse, still round as float64's
+    info = np.iinfo(dtype)
+    shape = (5, 37, 203)  # rows of more than three blocks of pixels, and a partial one
+    terms = [rng.integers(-60000, 60000, shape).astype(np.float32) for _ in range(nterms)]
+    terms[0][0, 0, :4] = [np.nan, np.inf, -np.inf, 1e30]
+    terms[1][1] *= 1e-3  # small magnitudes, not whole numbers
+    terms[1][2] = rng.normal(size=shape[1:]).astype(np.float32) * 3e4
+    exact = np.sqrt(sum(t.astype(np.float64) ** 2 for t in terms))
+    out = np.empty((3, 30, 190), dtype)
+    bounds = np.array([info.min, info.max], np.float64)
+    K.combine_store(tuple(t[1] for t in terms), True, 1.0, 2, 5, bounds, True, out[0])
+    np.testing.assert_array_equal(out[0], cast_rounded(exact[1, 2:32, 5:195], dtype))
+    for z in (0, 2):
+        K.combine_store(tuple(t[z] for t in terms), True, 1.0, 7, 13, bounds, True, out[1])
+        np.testing.assert_array_equal(out[1], cast_rounded(exact[z, 7:37, 13:203], dtype))
