@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from zchunk.ops import _combine_kernels as C
 from zchunk.ops import _filter_kernels as K
 from zchunk.ops import _round_kernels as R
 from zchunk.ops._separable import Pass, PlaneFilter, Separable, gaussian_weights
@@ -220,10 +221,10 @@ def test_compile_all_compiles_what_the_filters_run():
     from numba.core.registry import CPUDispatcher
 
     import zchunk
-    from zchunk.ops import _filter_stream, _median_kernels, _rank_kernels
+    from zchunk.ops import _filter_stream, _median_kernels, _rank_kernels, _round_kernels
 
     _filter_stream.compile_all()
-    modules = (K, _rank_kernels, _median_kernels)
+    modules = (K, C, _round_kernels, _rank_kernels, _median_kernels)
     dispatchers = [d for m in modules for d in vars(m).values() if isinstance(d, CPUDispatcher)]
     before = {d: set(d.signatures) for d in dispatchers}
     calls = [
@@ -299,8 +300,8 @@ def test_magnitude_rounded_in_float32_is_the_float64_magnitude_rounded(nterms, d
     exact = np.sqrt(sum(t.astype(np.float64) ** 2 for t in terms))
     out = np.empty((3, 30, 190), dtype)
     bounds = np.array([info.min, info.max], np.float64)
-    K.combine_store(tuple(t[1] for t in terms), True, 1.0, 2, 5, bounds, True, out[0])
+    C.combine_store(tuple(t[1] for t in terms), True, 1.0, 2, 5, bounds, True, out[0])
     np.testing.assert_array_equal(out[0], cast_rounded(exact[1, 2:32, 5:195], dtype))
     for z in (0, 2):
-        K.combine_store(tuple(t[z] for t in terms), True, 1.0, 7, 13, bounds, True, out[1])
+        C.combine_store(tuple(t[z] for t in terms), True, 1.0, 7, 13, bounds, True, out[1])
         np.testing.assert_array_equal(out[1], cast_rounded(exact[z, 7:37, 13:203], dtype))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from zchunk.ops import _combine_kernels as C
 from zchunk.ops import _filter_kernels as K
 from zchunk.ops._engine import Engine, check_count
 from zchunk.ops._round_kernels import rounding_bounds
@@ -156,7 +157,7 @@ class PlaneFilter(Engine):
     block: the last y/x pass of a single term (a gaussian's) filters only the rows the block
     keeps and rounds each row into it while the row is in L1
     (:func:`~zchunk.ops._filter_kernels.correlate_yx_store`); terms are summed or combined
-    into a magnitude and rounded in one pass (:func:`~zchunk.ops._filter_kernels.combine_store`),
+    into a magnitude and rounded in one pass (:func:`~zchunk.ops._combine_kernels.combine_store`),
     with no float32 or float64 plane of the result in between.
     """
 
@@ -305,14 +306,14 @@ class PlaneFilter(Engine):
                     target = term_out
                     self._passes(source, term.after, target)
                 if acc is not None:
-                    K.add_squares(acc[b], target, t == 0)
+                    C.add_squares(acc[b], target, t == 0)
                 elif t == 0:
                     np.copyto(out[b], target)
                 else:
                     np.add(out[b], target, out=out[b])
         if acc is not None and not self.float64:
             for b in range(n):
-                K.sqrt_into(acc[b], out[b])
+                C.sqrt_into(acc[b], out[b])
         if acc is not None and self.float64:
             np.sqrt(acc[:n], out=acc[:n])
             return acc
@@ -418,7 +419,7 @@ class PlaneFilter(Engine):
             return
         for b, dest in enumerate(dests):
             if dest is not None:
-                K.combine_store(
+                C.combine_store(
                     tuple(terms[b]), self.magnitude, float(self.divisor), r0, c0, bounds,
                     rounding, dest,
                 )  # fmt: skip
