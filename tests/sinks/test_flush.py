@@ -1,6 +1,8 @@
 """Early write-back: every block's files are flushed by a background thread as they are stored."""
 
 import os
+import signal
+import time
 
 import dask.array as da
 import numpy as np
@@ -12,13 +14,12 @@ from zchunk.stack import Stack
 
 @pytest.fixture
 def flushed(monkeypatch):
-    """The files the background thread flushed (not the commit's own fsyncs)."""
+    """The files handed to the background thread, once it reached them (not the commit's)."""
     paths: list[str] = []
     fsync = _flush._fsync
 
     def recording_fsync(path):
-        if os.path.exists(path):
-            paths.append(path)
+        paths.append(path)  # then flush it (or skip it, if it is gone: renamed by the commit)
         fsync(path)
 
     assert _flush.wait_flushed(10)
@@ -55,4 +56,31 @@ def test_a_file_that_is_gone_does_not_stop_the_flushes(tmp_path, flushed):
     kept.write_bytes(b"x")
     _flush.flush_soon([os.fspath(tmp_path / "gone"), os.fspath(kept)])
     assert _flush.wait_flushed(10)
-    assert flushed == [os.fspath(kept)]
+    assert flushed == [os.fspath(tmp_path / "gone"), os.fspath(kept)]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a multi-threaded process
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_flushes_even_if_the_parent_held_the_lock(tmp_path):
+    # a fork while another thread of the parent holds the lock: the child must not wait on it
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"x")
+    with _flush._LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 2
+            try:
+                _flush.flush_soon([os.fspath(kept)])
+                code = 0 if _flush.wait_flushed(5) else 1
+            finally:
+                os._exit(code)
+    for _ in range(200):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child waited forever for the parent's lock")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -47,7 +47,8 @@ def _run() -> None:
 
 
 def _reset() -> None:  # in a forked child, the parent's thread does not exist
-    global _QUEUE, _THREAD
+    global _LOCK, _QUEUE, _THREAD
+    _LOCK = threading.Lock()  # another thread of the parent may have held it
     _QUEUE = queue.SimpleQueue()
     _THREAD = None
 
