@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -779,23 +780,63 @@ def _stored_digests(final: Path, writer: str) -> dict[tuple[int, ...], object]:
     return out
 
 
-@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "ome-zarr-0.4"])
+def _tiff_digests(final: Path) -> dict[tuple[int, ...], object]:
+    """Every block marker of `final`'s partial TIFF, and the crc32 of its rows in the file."""
+    from zchunk.sinks import _markers
+
+    partial = partial_of(final)
+    with tifffile.TiffFile(partial) as tif:
+        start = tif.series[0].dataoffset
+    out = {}
+    data = partial.read_bytes()
+    for index, claimed in _markers.read_markers(str(blocks_dir(final))).items():
+        runs = [start + (z * 40 * 20 + index[1] * 8 * 20) * 2 for z in range(4)]
+        crc = 0
+        for at in runs:
+            crc = zlib.crc32(data[at : at + 8 * 20 * 2], crc)
+        out[index] = (claimed, (4 * 8 * 20 * 2, crc))
+    return out
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr", "ome-zarr-0.4", "tiff"])
 @pytest.mark.parametrize("kept", [True, False], ids=["from memory", "read back"])
 def test_markers_hold_the_digest_of_the_stored_files(tmp_path, writer, kept, monkeypatch):
     # the digest is taken from the bytes handed to the store (zarr v3: one shard per block;
-    # v2: one file per plane, end to end in key order), or read back when they were not kept
-    from zchunk.sinks import _written
+    # v2: one file per plane, end to end in key order; an uncompressed TIFF: the block's rows
+    # in file order), or read back when they were not kept
+    from zchunk.sinks import _tiff, _written
 
     if not kept:
         monkeypatch.setattr(_written.WrittenStore, "take", lambda self, key: None)
+        monkeypatch.setattr(_tiff._FileRegions, "written_digest", lambda self, key: None)
     _, _, _, final = _interrupted_after_three_blocks(tmp_path, writer)
-    digests = _stored_digests(final, writer)
+    digests = _tiff_digests(final) if writer == "tiff" else _stored_digests(final, writer)
     assert len(digests) == 3
     for claimed, stored in digests.values():
         assert claimed == stored
 
 
-@pytest.mark.parametrize("writer", ["zarr", "ome-zarr-0.4"])
+def _damage_first_tiff_block(monkeypatch, damaged: list[int]) -> None:
+    """Flip a byte in the file right after the first block an uncompressed TIFF writes."""
+    from zchunk.sinks import _tiff
+
+    setitem = _tiff._FileRegions.__setitem__
+
+    def damaging_setitem(self, key, value):
+        setitem(self, key, value)
+        if not damaged:
+            damaged.append(key[1].start // 8)
+            (_, offset), *_ = self._runs(key)
+            with open(self.path, "r+b") as f:
+                f.seek(offset + 3)
+                byte = f.read(1)
+                f.seek(offset + 3)
+                f.write(bytes([byte[0] ^ 0xFF]))
+
+    monkeypatch.setattr(_tiff._FileRegions, "__setitem__", damaging_setitem)
+
+
+@pytest.mark.parametrize("writer", ["zarr", "ome-zarr-0.4", "tiff"])
 def test_a_marker_vouches_for_the_computed_bytes_not_for_what_the_disk_returned(
     tmp_path, writer, monkeypatch
 ):
@@ -826,8 +867,11 @@ def test_a_marker_vouches_for_the_computed_bytes_not_for_what_the_disk_returned(
 
     stack, _ = make_stack()
     ref = WRITERS[writer](stack, tmp_path / "ref")
-    monkeypatch.setattr(LocalStore, "set_sync", damaging_set_sync)
-    monkeypatch.setattr(LocalStore, "set", damaging_set)
+    if writer == "tiff":
+        _damage_first_tiff_block(monkeypatch, damaged)
+    else:
+        monkeypatch.setattr(LocalStore, "set_sync", damaging_set_sync)
+        monkeypatch.setattr(LocalStore, "set", damaging_set)
     cut = Interrupt(after=4)
     stack = cut.wrap(stack)
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):

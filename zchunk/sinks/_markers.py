@@ -7,7 +7,8 @@ written for the block, as ``"<bytes> <crc32>"``:
 - a zarr array: the files of the block (its shard for zarr v3, its plane chunks for zarr v2,
   end to end), compressed: the bytes the run handed its local store (see
   :mod:`zchunk.sinks._written`), or else the files as read back from disk;
-- a region of a file (an uncompressed TIFF): the block's pixels as laid out in the file.
+- a region of a file (an uncompressed TIFF): the block's pixels as laid out in the file, as
+  the run wrote them.
 
 A marker taken from the bytes handed to the store vouches for what was computed: a file that
 differs from them on disk (a short write, another writer) fails the check on resume.
@@ -211,10 +212,14 @@ def written_digest(target: Any, region: tuple[slice, ...]) -> Any:
     """Return (bytes, crc32) of what `target` was just given to store for `region`, or None.
 
     For a zarr array opened by :func:`zchunk.sinks._written.recording`: the bytes its store
-    was handed for the block's files, taken (once) from memory. For any other target, or a
-    file whose bytes were not kept, what the storage holds, read back (:func:`stored_digest`).
+    was handed for the block's files, taken (once) from memory; for a file region writer with
+    a ``written_digest(region)`` method, what it returns. Otherwise, or if nothing was kept,
+    what the storage holds, read back (:func:`stored_digest`).
     """
     inner = _unwrap(target)
+    own = getattr(inner, "written_digest", None)  # a file region writer
+    if own is not None and (digest := own(region)) is not None:
+        return digest
     if callable(getattr(getattr(inner, "store", None), "take", None)):  # a WrittenStore
         from zchunk.sinks._written import take_written
 

@@ -127,6 +127,19 @@ class _FileRegions:
         self.offset = offset
         self.shape = shape
         self.dtype = dtype
+        self._written: dict[tuple[tuple[int, int], ...], tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the layout only (a copy in a worker keeps its own digests)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_written"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore with no digest kept."""
+        self.__dict__.update(state)
+        self._written = {}
+
+    def _bounds(self, key: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
+        return tuple(k.indices(n)[:2] for k, n in zip(key, self.shape, strict=True))
 
     def _runs(self, key: tuple[slice, ...]) -> Iterator[tuple[tuple[int, ...], int]]:
         """(index into the region, file offset) of each contiguous run of region `key`."""
@@ -146,10 +159,22 @@ class _FileRegions:
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
         value = np.ascontiguousarray(value, dtype=self.dtype)
+        crc = nbytes = 0
         with open(self.path, "r+b") as fh:
             for index, offset in self._runs(key):
+                run = memoryview(value[index]).cast("B")
                 fh.seek(offset)
-                fh.write(memoryview(value[index]).cast("B"))
+                fh.write(run)
+                crc = zlib.crc32(run, crc)
+                nbytes += run.nbytes
+        self._written[self._bounds(key)] = (nbytes, crc)
+
+    def written_digest(self, key: tuple[slice, ...]) -> tuple[int, int] | None:
+        """(bytes, crc32) of what the last write of region `key` wrote, taken once; or None.
+
+        The same bytes, in the same order, as :meth:`stored_digest` reads back from the file.
+        """
+        return self._written.pop(self._bounds(key), None)
 
     def stored_digest(self, key: tuple[slice, ...]) -> tuple[int, int] | None:
         """(bytes, crc32) of the pixels of region `key` as the file holds them, in C order."""
