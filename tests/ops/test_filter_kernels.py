@@ -305,3 +305,23 @@ def test_magnitude_rounded_in_float32_is_the_float64_magnitude_rounded(nterms, d
     for z in (0, 2):
         C.combine_store(tuple(t[z] for t in terms), True, 1.0, 7, 13, bounds, True, out[1])
         np.testing.assert_array_equal(out[1], cast_rounded(exact[z, 7:37, 13:203], dtype))
+
+
+def test_every_compiled_kernel_releases_the_gil():
+    # dask's threads filter bands in parallel only if every compiled kernel drops the GIL
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import zchunk.ops
+
+    found = {}
+    for info in pkgutil.iter_modules(zchunk.ops.__path__):
+        module = importlib.import_module(f"zchunk.ops.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher):
+                found[f"{info.name}.{name}"] = obj.targetoptions.get("nogil", False)
+    assert "_filter_kernels.correlate_yx_store" in found
+    assert "_combine_kernels.combine_store" in found
+    assert [name for name, nogil in found.items() if not nogil] == []
