@@ -16,13 +16,14 @@ from zchunk.testing import blobs
 
 UM = "micrometer"
 
-# (shape, axes, dask chunks, expected shards, expected inner chunks)
+# (shape, axes, dask chunks, expected shards, expected inner chunks); these planes are far
+# smaller than MIN_INNER_BYTES, so each inner chunk holds all the planes of its block
 CASES = {
     "yx": ((37, 29), "yx", (10, 29), (10, 29), (10, 29)),
     "yx-tiles": ((37, 29), "yx", (16, 12), (16, 12), (16, 12)),
-    "zyx": ((6, 37, 29), "zyx", (6, 10, 29), (6, 10, 29), (1, 10, 29)),
-    "zyx-tiles": ((6, 37, 29), "zyx", (6, 16, 12), (6, 16, 12), (1, 16, 12)),
-    "tzyx": ((3, 4, 21, 17), "tzyx", (1, 4, 8, 17), (1, 4, 8, 17), (1, 1, 8, 17)),
+    "zyx": ((6, 37, 29), "zyx", (6, 10, 29), (6, 10, 29), (6, 10, 29)),
+    "zyx-tiles": ((6, 37, 29), "zyx", (6, 16, 12), (6, 16, 12), (6, 16, 12)),
+    "tzyx": ((3, 4, 21, 17), "tzyx", (1, 4, 8, 17), (1, 4, 8, 17), (1, 4, 8, 17)),
 }
 
 
@@ -117,7 +118,7 @@ def test_to_zarr_channel_names(tmp_path):
     )
     z = zarr.open_array(to_zarr(stack, tmp_path / "a.zarr"), mode="r")
     assert z.attrs["zchunk"]["channel_names"] == ["a", "b"]
-    assert z.chunks == (1, 1, 8, 8)
+    assert z.chunks == (1, 3, 8, 8)  # small planes: grouped along z, never across channels
 
 
 def test_every_shard_is_written_even_all_zero(tmp_path):
@@ -139,9 +140,41 @@ def test_irregular_chunks_rechunked_to_regular_grid(tmp_path, chunks, shards):
     stack, counts = counted(Stack(da.from_array(a, chunks=chunks)))
     z = zarr.open_array(to_zarr(stack, tmp_path / "a.zarr"), mode="r")
     assert z.shards == shards
-    assert z.chunks == (1, *shards[1:])
+    assert z.chunks == shards  # planes far below MIN_INNER_BYTES: all of a block's in one chunk
     np.testing.assert_array_equal(z[:], a)
     assert set(counts.values()) == {1}
+
+
+@pytest.mark.parametrize(
+    ("block", "axes", "min_bytes", "inner"),
+    [
+        ((12, 16, 16), "zyx", 2048, (4, 16, 16)),  # 512-byte planes: 4 reach 2048 and divide 12
+        ((12, 16, 16), "zyx", 512, (1, 16, 16)),  # a plane reaches it: one plane per chunk
+        ((12, 16, 16), "zyx", 2500, (6, 16, 16)),  # 5 planes reach it, 6 is the next divisor
+        ((13, 16, 16), "zyx", 1536, (1, 16, 16)),  # 13 is prime and over 4 x 3 planes
+        ((11, 16, 16), "zyx", 1536, (11, 16, 16)),  # 11 is within 4 x 3 planes: one chunk
+        ((2, 8, 16, 16), "czyx", 2048, (1, 4, 16, 16)),  # grouped along z, not channels
+        ((16, 16, 12), "yxz", 2048, (16, 16, 1)),  # planes along the last axis: not grouped
+    ],
+)
+def test_small_planes_are_grouped_into_inner_chunks(monkeypatch, block, axes, min_bytes, inner):
+    from zchunk.sinks import _zarr
+
+    monkeypatch.setattr(_zarr, "MIN_INNER_BYTES", min_bytes)
+    assert _zarr.plane_chunks(block, axes, 2) == inner
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_grouped_inner_chunks_hold_the_exact_pixels(tmp_path, monkeypatch, version):
+    from zchunk.sinks import _zarr
+
+    monkeypatch.setattr(_zarr, "MIN_INNER_BYTES", 2048)  # 4 of these 512-byte planes
+    a = blobs((12, 37, 16), np.uint16, seed=8)
+    stack = Stack(da.from_array(a, chunks=(12, 16, 16)), axes="zyx")
+    out = to_ome_zarr(stack, tmp_path / "a.ome.zarr", ngff_version=version)
+    level = zarr.open_group(out, mode="r")["0"]
+    assert level.chunks == (4, 16, 16)
+    np.testing.assert_array_equal(level[:], a)
 
 
 @pytest.mark.parametrize("case", ["zyx-tiles", "tzyx", "yx-tiles"])
