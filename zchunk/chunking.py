@@ -56,6 +56,12 @@ COPIES_PER_WORKER = 3
 #: working copy, scipy's output and temporaries, and the encoded output.
 FILTER_MEMORY_FACTOR = 5
 
+#: The same for a filter that streams its chunk plane by plane from the file (separable filters,
+#: minimum/maximum, small medians: see zchunk.ops._filter_stream): it never holds the chunk it
+#: reads, only its output chunk (float32: twice a 16-bit input's bytes), the writer's encoded
+#: copy and a ring of a few planes. Measured with tests/test_memory.py.
+STREAMED_FILTER_MEMORY_FACTOR = 2
+
 #: A filter's chunks are at least this many halos tall (and wide, when x is split), so the
 #: halo exchanged with neighbours stays small next to the chunk.
 FILTER_TILE_HALOS = 4
@@ -179,19 +185,24 @@ class Purpose:
     --------
     >>> Purpose.filter(8).memory_factor, Purpose.filter(8).min_tile, PROJECTION.min_tile
     (5, 32, 1)
+    >>> Purpose.filter(8, streamed=True).memory_factor
+    2
     """
 
     halo: int | None = None
+    streamed: bool = False  # the filter streams the chunk's planes from the file
 
     @classmethod
-    def filter(cls, halo: int) -> Purpose:
+    def filter(cls, halo: int, *, streamed: bool = False) -> Purpose:
         """Return the purpose of chunks that a filter reaching `halo` pixels computes."""
-        return cls(max(0, int(halo)))
+        return cls(max(0, int(halo)), streamed)
 
     @property
     def memory_factor(self) -> int:
         """Memory a chunk needs, in units of a projected chunk's."""
-        return 1 if self.halo is None else FILTER_MEMORY_FACTOR
+        if self.halo is None:
+            return 1
+        return STREAMED_FILTER_MEMORY_FACTOR if self.streamed else FILTER_MEMORY_FACTOR
 
     @property
     def min_tile(self) -> int:

@@ -681,3 +681,33 @@ def test_magnitudes_cast_to_integers_keep_the_contract(name, params, out, dtype,
         # integer data: the terms are exact, and so is the rounded float64 magnitude
         info = np.iinfo(out)
         np.testing.assert_array_equal(got, np.clip(np.rint(ref), info.min, info.max))
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "streamed"),
+    [
+        ("gaussian", {"sigma": 2.0}, True),  # separable: streamed from the file
+        ("minimum", {"size": 5}, True),  # running minimum over a ring
+        ("median", {"size": 5}, False),  # 125-pixel window: the whole halo'd chunk in memory
+    ],
+)
+def test_a_filter_streaming_from_the_file_plans_larger_chunks(tmp_path, name, params, streamed):
+    """A streamed filter holds its output chunk and a ring, not the chunk it reads."""
+    import tifffile
+
+    from zchunk.chunking import STREAMED_FILTER_MEMORY_FACTOR
+
+    data = blobs((6, 300, 200), "uint16", seed=3)
+    path = str(tmp_path / "s.tif")
+    tifffile.imwrite(path, data)
+    stack = zchunk.open(path, memory_limit="2MB")
+    out = zfilter(stack, name, **params)
+    factor = STREAMED_FILTER_MEMORY_FACTOR if streamed else FILTER_MEMORY_FACTOR
+    assert out.plan.purpose.streamed is streamed
+    assert out.plan.budget == stack.plan.budget // factor
+    assert out.data.numblocks[1] > 1
+    expected = getattr(ndimage, f"{name}_filter")(data.astype(np.float64), **params)
+    if name == "gaussian":
+        assert_float32_close(out.data.compute(), expected, data)
+    else:
+        np.testing.assert_array_equal(out.data.compute(), expected)

@@ -399,10 +399,6 @@ def filter(
     if out_dtype is not None and out_dtype.kind not in "iuf":
         msg = f"dtype={out_dtype} is not an integer or float type"
         raise OptionError(msg)
-    halo = halo_pixels(name, sigma=sigma, size=size, truncate=truncate)
-    purpose = Purpose.filter(halo)
-    stack = _planned(stack, name, letters, purpose)
-
     axes = tuple(sorted(stack.axis(a) for a in letters))
     by_axis = {stack.axis(a): i for i, a in enumerate(letters)}
     ndim = stack.data.ndim
@@ -422,6 +418,12 @@ def filter(
         work=work,
         out=out_dtype,
     )
+
+    halo = halo_pixels(name, sigma=sigma, size=size, truncate=truncate)
+    # a filter streaming from the file holds its output chunk, not the chunk it reads
+    streamed = stack.source is not None and stack.source.streams and streamer(spec) is not None
+    purpose = Purpose.filter(halo, streamed=streamed)
+    stack = _planned(stack, name, letters, purpose)
 
     plan = stack.plan  # its budget is the chunks' share: a 1/memory_factor of the user's
     budget = (
