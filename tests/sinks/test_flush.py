@@ -29,7 +29,10 @@ def flushed(monkeypatch):
 
 
 @pytest.mark.parametrize("writer", ["zarr", "ome-zarr-0.4"])
-def test_every_block_file_is_flushed_as_it_is_stored(tmp_path, writer, flushed):
+def test_every_block_file_is_flushed_as_it_is_stored(tmp_path, writer, flushed, monkeypatch):
+    from zchunk.sinks import _zarr
+
+    monkeypatch.setattr(_zarr, "MIN_INNER_BYTES", 1)  # one plane per chunk: 4 files per block
     stack = Stack(
         da.from_array(np.arange(4 * 40 * 20, dtype="uint16").reshape(4, 40, 20), chunks=(4, 8, 20))
     )
