@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "KILL_AFTER_MARKERS",
     "LATE_LOCK",
     "TIFF_LAYOUTS",
     "blobs",
@@ -64,6 +65,25 @@ def late_lock(final):
     with lock(final):
         yield
 _resume.output_lock = late_lock
+from zchunk.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+#: ``python -c KILL_AFTER_MARKERS ARGS...`` runs ``zchunk ARGS...`` and kills it (SIGKILL, from
+#: inside) right after it has recorded ``$ZCHUNK_TEST_KILL_AFTER`` finished blocks: a kill at a
+#: known point, which a test polling the record folder from outside cannot promise (under load
+#: the run may finish, and commit, before the test's kill lands).
+KILL_AFTER_MARKERS = """
+import os, signal, sys, threading
+from zchunk.sinks import _resume
+write, done, guard = _resume.write_marker, [0], threading.Lock()
+def write_then_kill(*args, **kwargs):
+    write(*args, **kwargs)
+    with guard:
+        done[0] += 1
+        if done[0] >= int(os.environ["ZCHUNK_TEST_KILL_AFTER"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+_resume.write_marker = write_then_kill
 from zchunk.cli import main
 sys.exit(main(sys.argv[1:]))
 """
