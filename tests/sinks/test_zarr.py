@@ -328,3 +328,30 @@ def test_unwritable_dtypes(tmp_path, dtype):
         with pytest.raises(ValueError, match=f"dtype {np.dtype(dtype)}"):
             write(stack, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_back_error_fails_the_run(tmp_path, monkeypatch):
+    """Linux reports a failed write-back once, to the first fsync that sees it: that must be ours.
+
+    A background thread that fsynced the block files early and dropped its errors (as one did)
+    let the commit's own fsync find the pages clean, and the run committed an output that never
+    reached the disk, with exit 0.
+    """
+    import errno
+    import os
+
+    real, reported = os.fsync, set()
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isfile(path) and f"{os.sep}c{os.sep}" in path and path not in reported:
+            reported.add(path)  # every stored chunk file: its write-back fails, reported once
+            raise OSError(errno.EIO, "Input/output error (simulated write-back failure)", path)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    a = np.arange(8 * 64 * 64, dtype="uint16").reshape(8, 64, 64)
+    stack = Stack(da.from_array(a, chunks=(8, 16, 64)))
+    with pytest.raises(OSError, match="write-back failure"):
+        to_zarr(stack, tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()

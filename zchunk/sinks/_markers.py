@@ -48,7 +48,6 @@ __all__ = [
     "verified",
     "write_marker",
     "written_digest",
-    "zarr_files",
 ]
 
 #: In a partial output's record folder: its settings, and the folder of block markers.
@@ -198,14 +197,6 @@ def stored_digest(target: Any, region: tuple[slice, ...], expected: int | None =
         data = np.ascontiguousarray(target[region])
         return data.nbytes, zlib.crc32(memoryview(data).cast("B"))
     return _files_digest(files, expected)
-
-
-def zarr_files(target: Any, region: tuple[slice, ...]) -> list[str]:
-    """Return the local files zarr array `target` stores `region` in (empty for other targets)."""
-    target = _unwrap(target)
-    if getattr(target, "stored_digest", None) is not None or not hasattr(target, "metadata"):
-        return []  # a file region, or not a zarr array
-    return _zarr_files(target, region) or []
 
 
 def written_digest(target: Any, region: tuple[slice, ...]) -> Any:

@@ -62,7 +62,6 @@ from zchunk.sinks._done import (
     finished_reason,
     sync_tree,
 )
-from zchunk.sinks._flush import flush_soon
 from zchunk.sinks._lock import fence_of, output_lock
 from zchunk.sinks._markers import (
     BLOCKS_NAME,
@@ -71,7 +70,6 @@ from zchunk.sinks._markers import (
     verified,
     write_marker,
     written_digest,
-    zarr_files,
 )
 from zchunk.sinks._settings import settings_differ
 from zchunk.sinks._space import check_free_space, disk_space_error
@@ -412,7 +410,6 @@ def _store_block(
         msg = f"block {block_id} of {blocks_dir!r} is not on disk after it was written"
         raise OSError(errno.EIO, msg)
     write_marker(blocks_dir, tuple(block_id or ()), digest)
-    flush_soon(zarr_files(target, region))  # on disk while the next blocks compute
     return None if summarize is None else summarize(block, region)
 
 
