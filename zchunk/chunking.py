@@ -59,7 +59,8 @@ FILTER_MEMORY_FACTOR = 5
 #: The same for a filter that streams its chunk plane by plane from the file (separable filters,
 #: minimum/maximum, small medians: see zchunk.ops._filter_stream): it never holds the chunk it
 #: reads, only its output chunk (float32: twice a 16-bit input's bytes), the writer's encoded
-#: copy and a ring of a few planes. Measured with tests/test_memory.py.
+#: copy and a ring of a few planes. Measured with tests/test_memory.py for an output up to twice
+#: the input's bytes (uint16 in, float32 out); a wider output scales it (``Purpose.widening``).
 STREAMED_FILTER_MEMORY_FACTOR = 2
 
 #: A filter's chunks are at least this many halos tall (and wide, when x is split), so the
@@ -187,22 +188,33 @@ class Purpose:
     (5, 32, 1)
     >>> Purpose.filter(8, streamed=True).memory_factor
     2
+    >>> Purpose.filter(8, streamed=True, out_bytes=4, in_bytes=1).memory_factor  # uint8 -> float32
+    4
     """
 
     halo: int | None = None
     streamed: bool = False  # the filter streams the chunk's planes from the file
+    widening: int = 1  # its output's bytes per pixel, in units of twice the input's (rounded up)
 
     @classmethod
-    def filter(cls, halo: int, *, streamed: bool = False) -> Purpose:
-        """Return the purpose of chunks that a filter reaching `halo` pixels computes."""
-        return cls(max(0, int(halo)), streamed)
+    def filter(
+        cls, halo: int, *, streamed: bool = False, out_bytes: int = 2, in_bytes: int = 1
+    ) -> Purpose:
+        """Return the purpose of chunks that a filter reaching `halo` pixels computes.
+
+        `out_bytes` and `in_bytes` are the output's and the input's bytes per pixel.
+        """
+        widening = max(1, -(-int(out_bytes) // (2 * max(1, int(in_bytes)))))
+        return cls(max(0, int(halo)), streamed, widening if streamed else 1)
 
     @property
     def memory_factor(self) -> int:
         """Memory a chunk needs, in units of a projected chunk's."""
         if self.halo is None:
             return 1
-        return STREAMED_FILTER_MEMORY_FACTOR if self.streamed else FILTER_MEMORY_FACTOR
+        if self.streamed:
+            return STREAMED_FILTER_MEMORY_FACTOR * self.widening
+        return FILTER_MEMORY_FACTOR
 
     @property
     def min_tile(self) -> int:

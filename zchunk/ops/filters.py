@@ -422,7 +422,10 @@ def filter(
     halo = halo_pixels(name, sigma=sigma, size=size, truncate=truncate)
     # a filter streaming from the file holds its output chunk, not the chunk it reads
     streamed = stack.source is not None and stack.source.streams and streamer(spec) is not None
-    purpose = Purpose.filter(halo, streamed=streamed)
+    result_dtype = out_dtype if out_dtype is not None else work
+    purpose = Purpose.filter(
+        halo, streamed=streamed, out_bytes=result_dtype.itemsize, in_bytes=stack.dtype.itemsize
+    )
     stack = _planned(stack, name, letters, purpose)
 
     plan = stack.plan  # its budget is the chunks' share: a 1/memory_factor of the user's
@@ -432,7 +435,6 @@ def filter(
         else Budget.parse(None)
     )
     check_memory(spec, stack.shape, budget.bytes, budget.workers)
-    result_dtype = out_dtype if out_dtype is not None else work
     source: FilteredSource | None = None
     if stack.source is not None and stack.source.reads_regions:
         # straight from the file: each task reads its chunk with the halo and filters it
