@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter
 
@@ -355,3 +356,14 @@ def test_a_write_back_error_fails_the_run(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="write-back failure"):
         to_zarr(stack, tmp_path / "a.zarr")
     assert not (tmp_path / "a.zarr").exists()
+
+
+def test_a_tiff_scratch_array_keeps_one_plane_per_chunk(tmp_path, monkeypatch):
+    """The compressed TIFF export reads its scratch page by page: k planes a chunk decode k."""
+    from zchunk.sinks import _zarr
+
+    monkeypatch.setattr(_zarr, "MIN_INNER_BYTES", 2048)  # 4 of these 512-byte planes
+    data = da.zeros((12, 16, 16), dtype="uint16", chunks=(12, 16, 16))
+    assert _zarr.create_scratch(tmp_path / "s.zarr", data, axes="zyx").chunks == (1, 16, 16)
+    kept = _zarr.create_aligned_array(os.fspath(tmp_path / "k.zarr"), data, axes="zyx")
+    assert kept.chunks == (4, 16, 16)

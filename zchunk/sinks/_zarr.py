@@ -67,7 +67,9 @@ def _plane_axes(axes: str) -> tuple[int, int]:
     return len(axes) - 2, len(axes) - 1
 
 
-def plane_chunks(block: tuple[int, ...], axes: str, itemsize: int = 1) -> tuple[int, ...]:
+def plane_chunks(
+    block: tuple[int, ...], axes: str, itemsize: int = 1, *, group: bool = True
+) -> tuple[int, ...]:
     """Return the inner chunk of a shard `block`: whole (y, x) planes of it for ndim >= 3.
 
     One plane per chunk, so a viewer reads a plane without decoding the whole z range; planes
@@ -75,9 +77,9 @@ def plane_chunks(block: tuple[int, ...], axes: str, itemsize: int = 1) -> tuple[
     axis before y (z, for zyx) into chunks of the fewest planes that reach it and divide the
     block's extent (a shard holds whole inner chunks), or of all its planes when they do not
     reach it; when only a divisor over 4x that many planes exists (a prime plane count), one
-    plane per chunk. A 2-D block is its own single chunk:
-    the result of a projection is small, read whole, and only one plane deep, so splitting it
-    buys nothing.
+    plane per chunk. With `group` false, always one plane per chunk. A 2-D block is its own
+    single chunk: the result of a projection is small, read whole, and only one plane deep, so
+    splitting it buys nothing.
 
     Examples
     --------
@@ -94,14 +96,14 @@ def plane_chunks(block: tuple[int, ...], axes: str, itemsize: int = 1) -> tuple[
         return block
     keep = _plane_axes(axes)
     inner = [n if i in keep else 1 for i, n in enumerate(block)]
-    group = min(keep) - 1  # the axis before the plane's
+    axis = min(keep) - 1  # the axis before the plane's
     plane_bytes = max(1, block[keep[0]] * block[keep[1]] * itemsize)
     want = -(-MIN_INNER_BYTES // plane_bytes)
-    if want > 1 and group >= 0:
-        n = block[group]
+    if group and want > 1 and axis >= 0:
+        n = block[axis]
         # the fewest planes that reach it and divide n, or all n when they do not reach it
         k = min((d for d in range(want, n + 1) if n % d == 0), default=n)
-        inner[group] = k if k <= 4 * want else 1  # a far larger divisor only: one per chunk
+        inner[axis] = k if k <= 4 * want else 1  # a far larger divisor only: one per chunk
     return tuple(inner)
 
 
@@ -116,6 +118,7 @@ def create_aligned_array(
     zarr_format: Literal[2, 3] = 3,
     level: int = DEFAULT_COMPRESSION_LEVEL,
     dimension_names: bool = True,
+    group_planes: bool = True,
 ) -> zarr.Array[Any]:
     """Create an empty zarr array whose write units are the blocks of `data`.
 
@@ -138,6 +141,9 @@ def create_aligned_array(
         LZ4 compression level (Blosc, bit shuffle).
     dimension_names : bool
         Write the axes as dimension names (zarr v3 only).
+    group_planes : bool
+        Group small planes into inner chunks (see :func:`plane_chunks`); false for an array
+        read back plane by plane.
 
     Returns
     -------
@@ -145,7 +151,7 @@ def create_aligned_array(
         The new array, filled with zeros; every chunk is written even if all zero.
     """
     block = tuple(int(c[0]) for c in data.chunks)
-    inner = plane_chunks(block, axes, np.dtype(data.dtype).itemsize)
+    inner = plane_chunks(block, axes, np.dtype(data.dtype).itemsize, group=group_planes)
     common: dict[str, Any] = {
         "name": name,
         "shape": tuple(int(n) for n in data.shape),
@@ -186,9 +192,18 @@ def create_aligned_array(
 
 
 def create_scratch(path: Path, data: da.Array, /, *, axes: str) -> zarr.Array[Any]:
-    """Create the scratch array of `data` at `path`: read back once, so fast to compress."""
+    """Create the scratch array of `data` at `path`: read back once, so fast to compress.
+
+    One plane per inner chunk: the TIFF export reads it page by page, and a page read from
+    chunks of k planes decodes k (a review measured a 200-page export 1.46 -> 4.21 s at k=20).
+    """
     return create_aligned_array(
-        os.fspath(path), data, axes=axes, level=SCRATCH_LEVEL, dimension_names=False
+        os.fspath(path),
+        data,
+        axes=axes,
+        level=SCRATCH_LEVEL,
+        dimension_names=False,
+        group_planes=False,
     )
 
 
