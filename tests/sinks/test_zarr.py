@@ -153,6 +153,7 @@ def test_irregular_chunks_rechunked_to_regular_grid(tmp_path, chunks, shards):
         ((12, 16, 16), "zyx", 512, (1, 16, 16)),  # a plane reaches it: one plane per chunk
         ((12, 16, 16), "zyx", 2500, (6, 16, 16)),  # 5 planes reach it, 6 is the next divisor
         ((13, 16, 16), "zyx", 1536, (1, 16, 16)),  # 13 is prime and over 4 x 3 planes
+        ((26, 16, 16), "zyx", 1536, (2, 16, 16)),  # 13 is over 4 x 3: 2, the most under 3
         ((11, 16, 16), "zyx", 1536, (11, 16, 16)),  # 11 is within 4 x 3 planes: one chunk
         ((2, 8, 16, 16), "czyx", 2048, (1, 4, 16, 16)),  # grouped along z, not channels
         ((16, 16, 12), "yxz", 2048, (16, 16, 1)),  # planes along the last axis: not grouped
