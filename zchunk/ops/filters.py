@@ -55,9 +55,10 @@ medians of 8- to 32-bit integers over odd windows of at most 27 pixels (3 x 3, 3
 5, ...: a selection network, :mod:`zchunk.ops._median_kernels`); other medians use scipy's
 ``median_filter``.
 
-A task of a freshly opened TIFF stack streams its region (band and halo, whole z) plane by plane
-through the separable and min/max filters: it holds a ring of ``2r + 1`` planes (r: the z radius) and its
-output chunk, never the input chunk.
+A task of a freshly opened file streams its region (band and halo, whole z) plane by plane
+through these: it holds a ring of ``2r + 1`` planes (r: the z radius) and its output chunk, never
+the input chunk. On a deep stack the planner may split z for it: each task then also reads r
+planes before and after its run (:func:`zchunk.chunking.plan`), and the results are the same.
 
 dask-image's ``ndfilters`` wrappers are not used, for three reasons: they put a halo on every axis
 (dask refuses a 3-D gaussian with ``sigma=2`` on a 7-plane stack, "overlapping depth 8 is larger
@@ -68,18 +69,16 @@ rechunks when a halo is deeper than a chunk.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
-from zchunk._graph import from_tasks
 from zchunk._types import FILTERS, MODES
 from zchunk.chunking import Budget, Purpose
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._engine import store_plane
+from zchunk.ops._filter_graph import filter_overlap, filter_regions
 from zchunk.ops._filter_spec import (
     RANK_DTYPES,
     REGISTRY,
@@ -94,7 +93,6 @@ from zchunk.ops._filter_spec import (
     halo_radius,
 )
 from zchunk.ops._filter_stream import (
-    filter_block,
     filter_region,
     filtered_planes,
     halo_region,
@@ -111,29 +109,6 @@ if TYPE_CHECKING:
     from zchunk.stack import Source, Stack
 
 __all__ = ["FILTERS", "MODES", "FilteredSource", "filter", "halo_pixels"]
-
-
-def _merge_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks (never split one) until each is at least `depth` long.
-
-    Examples
-    --------
-    >>> _merge_chunks((16, 16, 13), 14), _merge_chunks((5, 5, 5, 2), 6)
-    ((16, 29), (10, 7))
-    """
-    merged: list[int] = []
-    run = 0
-    for n in chunks:
-        run += n
-        if run >= depth:
-            merged.append(run)
-            run = 0
-    if run:
-        if merged:
-            merged[-1] += run
-        else:
-            merged.append(run)
-    return tuple(merged)
 
 
 def _planned(stack: Stack, name: str, letters: str, purpose: Purpose) -> Stack:
@@ -243,68 +218,10 @@ class FilteredSource:
         if len(self.spec.axes) == 3 and "z" not in whole:
             whole += "z"
         fresh = self.source.reopen(whole=whole, purpose=self.purpose)
-        return filter(fresh, **dict(self.call))
+        return _filter(fresh, whole_z=True, **dict(self.call))
 
 
 # public API -----------------------------------------------------------------------------------
-
-
-def _filter_overlap(
-    data: da.Array, spec: Spec, axes: tuple[int, ...], dtype: np.dtype[Any], name: str
-) -> da.Array:
-    """Filter an arbitrary dask array: halos exchanged with dask's map_overlap.
-
-    Halos only along split axes; chunks shallower than their halo are merged first.
-    """
-    chunks = list(data.chunks)
-    depth: dict[int, int] = {}
-    for i in axes:
-        radius = halo_radius(spec, i)
-        if radius and len(chunks[i]) > 1 and min(chunks[i]) < radius:
-            chunks[i] = _merge_chunks(chunks[i], radius)
-        depth[i] = radius if len(chunks[i]) > 1 else 0
-    if tuple(chunks) != data.chunks:
-        data = data.rechunk(tuple(chunks))
-    filtered: da.Array = da.map_overlap(
-        functools.partial(filter_block, spec=spec),
-        data,
-        depth=depth,
-        boundary="none",
-        trim=True,
-        allow_rechunk=False,
-        dtype=dtype,
-        meta=np.empty((0,) * data.ndim, dtype=dtype),
-        token=f"zchunk-{name}",
-    )
-    return filtered
-
-
-def _filter_regions(
-    source: Source,
-    data: da.Array,
-    spec: Spec,
-    axes: tuple[int, ...],
-    dtype: np.dtype[Any],
-    name: str,
-) -> da.Array:
-    """Filter a stack straight from its file: one task reads a chunk plus halo and filters it.
-
-    Every task depends on nothing: no read task runs ahead of the filters holding blocks for
-    neighbours (dask's threaded scheduler reads eagerly), so memory stays at one halo'd chunk
-    per worker. The halo stops at the image edge, where scipy's `mode` applies, exactly as on
-    the whole array.
-    """
-    from dask.base import tokenize
-
-    shape = data.shape
-    radius = {i: halo_radius(spec, i) for i in axes}
-
-    def task(slices: tuple[slice, ...]) -> tuple[Any, ...]:
-        region, trim = halo_region(slices, shape, radius)
-        return (filter_region, source, region, trim, spec, data.dtype)
-
-    key = f"zchunk-{name}-{tokenize(data.name, spec, dtype.str)}"
-    return from_tasks(key, data.chunks, dtype, task)
 
 
 def filter(
@@ -380,6 +297,36 @@ def filter(
     >>> filter(s, "gaussian", sigma=(0, 1, 1)).attrs["filter"]["sigma"]
     (0.0, 1.0, 1.0)
     """
+    return _filter(
+        stack,
+        name,
+        whole_z=False,
+        sigma=sigma,
+        size=size,
+        per_plane=per_plane,
+        mode=mode,
+        dtype=dtype,
+        **params,
+    )
+
+
+def _filter(
+    stack: Stack,
+    /,
+    name: FilterName,
+    *,
+    whole_z: bool,
+    sigma: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    per_plane: bool | None = None,
+    mode: Mode = "reflect",
+    dtype: DTypeLike | None = None,
+    **params: float,
+) -> Stack:
+    """Filter as :func:`filter`; `whole_z` keeps z whole in every chunk (for a projection).
+
+    Otherwise a filter streaming from the file may split a deep stack along z (see `plan`).
+    """
     spec_entry = REGISTRY.get(name) if isinstance(name, str) else None
     if spec_entry is None:
         msg = f"filter {name!r} is not one of {', '.join(FILTERS)}"
@@ -423,8 +370,15 @@ def filter(
     # a filter streaming from the file holds its output chunk, not the chunk it reads
     streamed = stack.source is not None and stack.source.streams and streamer(spec) is not None
     result_dtype = out_dtype if out_dtype is not None else work
+    z_halo = None
+    if not whole_z and "z" in stack.axes:  # a per-plane filter reads no planes beyond its own
+        z_halo = halo_radius(spec, stack.axis("z")) if "z" in letters else 0
     purpose = Purpose.filter(
-        halo, streamed=streamed, out_bytes=result_dtype.itemsize, in_bytes=stack.dtype.itemsize
+        halo,
+        streamed=streamed,
+        out_bytes=result_dtype.itemsize,
+        in_bytes=stack.dtype.itemsize,
+        z_halo=z_halo,
     )
     stack = _planned(stack, name, letters, purpose)
 
@@ -438,7 +392,7 @@ def filter(
     source: FilteredSource | None = None
     if stack.source is not None and stack.source.reads_regions:
         # straight from the file: each task reads its chunk with the halo and filters it
-        filtered = _filter_regions(stack.source, stack.data, spec, axes, result_dtype, name)
+        filtered = filter_regions(stack.source, stack.data, spec, axes, result_dtype, name)
         call: dict[str, Any] = {"name": name, "sigma": sigma, "size": size}
         call |= {"per_plane": per_plane}
         call |= {"mode": mode, "dtype": dtype, **params}
@@ -453,7 +407,7 @@ def filter(
             purpose=purpose,
         )
     else:
-        filtered = _filter_overlap(stack.data, spec, axes, result_dtype, name)
+        filtered = filter_overlap(stack.data, spec, axes, result_dtype, name)
 
     described: dict[str, Any] = {"name": name}
     if sigmas:
