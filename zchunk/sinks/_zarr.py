@@ -55,11 +55,14 @@ DEFAULT_CODEC: Final = "lz4"
 DEFAULT_COMPRESSION_LEVEL = 5
 
 #: Inner chunks hold this many bytes at least, as whole planes of the block: zarr-python encodes
-#: and indexes each inner chunk of a shard through its async machinery (30-300 us per chunk), so
-#: a 954-plane block of 32 x 586 pixels written as 954 plane chunks of 37 KB took 0.29 s, and as
-#: 18 chunks of 53 planes 0.05 s (zarr 3.4, one thread; a 32 GB stack filtered with the default
-#: budget is 896 such blocks).
-MIN_INNER_BYTES = 2**20
+#: and indexes each inner chunk of a shard through its async machinery (30-300 us per chunk, up
+#: to 1 ms with two writers), so a 954-plane block of 32 x 586 pixels written as 954 plane
+#: chunks of 37 KB took 0.29 s, and as 18 chunks of 53 planes 0.05 s (zarr 3.4, one thread; a
+#: 32 GB stack filtered with the default budget is 896 such blocks); the 210 MB demo stack
+#: converted to zarr in 0.57 s with 1 MiB chunks (one plane), 0.34 s with 2 MiB and 0.30 s with
+#: 4 MiB, and filtered 10-15% faster (RESULTS.md). A viewer that shows one plane decodes 4 MiB
+#: per chunk it touches: a few ms of LZ4.
+MIN_INNER_BYTES = 4 * 2**20
 
 
 def _plane_axes(axes: str) -> tuple[int, int]:
@@ -85,12 +88,14 @@ def plane_chunks(
 
     Examples
     --------
-    >>> plane_chunks((16, 512, 1024), "zyx", 2), plane_chunks((1, 16, 512, 1024), "tzyx", 2)
-    ((1, 512, 1024), (1, 1, 512, 1024))
+    >>> plane_chunks((16, 1024, 2048), "zyx", 2), plane_chunks((1, 16, 1024, 2048), "tzyx", 2)
+    ((1, 1024, 2048), (1, 1, 1024, 2048))
+    >>> plane_chunks((16, 512, 1024), "zyx", 2)  # 1 MiB planes: 4 to a chunk
+    (4, 512, 1024)
     >>> plane_chunks((954, 32, 586), "zyx", 2), plane_chunks((953, 32, 586), "zyx", 2)
-    ((53, 32, 586), (1, 32, 586))
-    >>> plane_chunks((955, 32, 586), "zyx", 2)  # 955 = 5 x 191: 5 planes of 37 KB
-    (5, 32, 586)
+    ((159, 32, 586), (1, 32, 586))
+    >>> plane_chunks((955, 32, 586), "zyx", 2)  # 955 = 5 x 191: 191 planes of 37 KB
+    (191, 32, 586)
     >>> plane_chunks((6, 10, 29), "zyx", 1)
     (6, 10, 29)
     >>> plane_chunks((64, 128), "yx")
