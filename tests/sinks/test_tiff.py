@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 
@@ -349,3 +350,26 @@ def test_empty_stack_is_refused(tmp_path):
     with pytest.raises(ValueError, match="empty stack"):
         to_tiff(stack, tmp_path / "a.tif")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_each_block_is_handed_to_the_disk_when_written(tmp_path, monkeypatch):
+    from zchunk.sinks import _done
+
+    spans: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        assert advice == os.POSIX_FADV_DONTNEED
+        spans.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(_done.os, "posix_fadvise", record)
+    a = blobs((3, 10, 6), np.uint16, seed=2)
+    out = to_tiff(Stack(da.from_array(a, chunks=(3, 5, 6))), tmp_path / "a.tif")
+    # two blocks of 5 rows: each hint spans its first row of plane 0 to its last of plane 2
+    row, plane = 6 * 2, 10 * 6 * 2
+    assert sorted(length for _, length in spans) == [2 * plane + 5 * row] * 2
+    starts = sorted(offset for offset, _ in spans)
+    assert starts[1] - starts[0] == 5 * row
+    np.testing.assert_array_equal(tifffile.imread(out), a)

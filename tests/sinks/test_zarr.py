@@ -4,6 +4,7 @@ import json
 import os
 import threading
 from collections import Counter
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -126,6 +127,38 @@ def test_every_shard_is_written_even_all_zero(tmp_path):
     stack = Stack(da.zeros((4, 10, 6), dtype="uint16", chunks=(4, 5, 6)))
     out = to_zarr(stack, tmp_path / "zeros.zarr")
     assert sorted(p.name for p in (out / "c" / "0").iterdir()) == ["0", "1"]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_each_shard_is_handed_to_the_disk_when_written(tmp_path, monkeypatch):
+    from zchunk.sinks import _written
+
+    advised: list[tuple[str, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(_written.os, "posix_fadvise", record)
+    a = blobs((4, 10, 6), np.uint16, seed=2)
+    out = to_zarr(Stack(da.from_array(a, chunks=(4, 5, 6))), tmp_path / "a.zarr")
+    shards = sorted("/".join(Path(path).parts[-4:]) for path, _ in advised)
+    assert shards == ["c/0/0/0", "c/0/1/0"]  # the two shards, as the run wrote them
+    assert {advice for _, advice in advised} == {os.POSIX_FADV_DONTNEED}
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
+
+
+def test_writeback_hint_never_fails_a_write(tmp_path):
+    from zchunk.sinks import _written
+    from zchunk.sinks._done import start_writeback
+
+    _written._hand_to_disk(os.fspath(tmp_path / "missing"))  # deleted since: nothing to hint
+    (tmp_path / "f").write_bytes(b"x")
+    _written._hand_to_disk(os.fspath(tmp_path / "f"))
+    with open(tmp_path / "f", "rb") as fh:
+        start_writeback(fh.fileno(), 0, 1)
+    start_writeback(-1)  # a bad descriptor: ignored, it is a hint
 
 
 @pytest.mark.parametrize(

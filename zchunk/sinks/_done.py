@@ -140,6 +140,25 @@ def sync_tree(path: Path, *, recursive: bool = True) -> None:
             os.close(fd)
 
 
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start writing the dirty pages of open file `fd` to disk, without waiting (Linux).
+
+    Bytes `offset` to `offset + length` (0: to the end). The commit flushes every file of an
+    output (:func:`sync_tree`); when each block is handed to the disk as soon as it is stored,
+    the disk writes overlap the computation and that fsync finds little left to write.
+    ``POSIX_FADV_DONTNEED`` starts write-back of dirty pages (the kernel's ``WB_SYNC_NONE``) and
+    drops only pages that are already clean. A no-op where ``posix_fadvise`` does not exist;
+    errors are ignored: a hint, not a write (the commit's fsync makes the output durable). The
+    210 MB demo stack converted to zarr in 0.34 s instead of 0.43 s (medians of 9, two
+    checkouts interleaved); its filters and TIFF outputs were unchanged within noise
+    (benchmarks/RESULTS.md).
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def read_done(final: Path) -> dict[str, Any] | None:
     """Return the record of finished output `final`, or None if it has none (or it is torn)."""
     try:

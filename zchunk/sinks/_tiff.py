@@ -24,6 +24,7 @@ import numpy as np
 import tifffile
 
 from zchunk.errors import OptionError, PartialOutputError, StackFormatError
+from zchunk.sinks._done import start_writeback
 from zchunk.sinks._tiff_meta import (
     OME_DTYPES,
     Layout,
@@ -160,6 +161,7 @@ class _FileRegions:
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
         value = np.ascontiguousarray(value, dtype=self.dtype)
         crc = nbytes = 0
+        first = last = None
         with open(self.path, "r+b") as fh:
             for index, offset in self._runs(key):
                 run = memoryview(value[index]).cast("B")
@@ -167,6 +169,11 @@ class _FileRegions:
                 fh.write(run)
                 crc = zlib.crc32(run, crc)
                 nbytes += run.nbytes
+                first = offset if first is None else first
+                last = offset + run.nbytes
+            fh.flush()
+            if first is not None and last is not None:
+                start_writeback(fh.fileno(), first, last - first)  # the block's span
         self._written[self._bounds(key)] = (nbytes, crc)
 
     def written_digest(self, key: tuple[slice, ...]) -> tuple[int, int] | None:
