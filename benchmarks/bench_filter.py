@@ -248,7 +248,7 @@ def main() -> None:
     if args.smoke:
         args.shape, args.repeat = [16, 96, 80], 1
         args.skip = [*args.skip, "imagej", "cold"]
-    from zchunk.chunking import default_memory_limit
+    from zchunk.budget import default_memory_limit
 
     shape = tuple(args.shape)
     path = make_input(shape)

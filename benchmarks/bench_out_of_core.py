@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--smoke", action="store_true", help="small stack: checks the script runs")
     args = ap.parse_args()
-    from zchunk.chunking import format_bytes, parse_memory
+    from zchunk.budget import format_bytes, parse_memory
 
     nbytes = parse_memory("96MB" if args.smoke else args.size)
     plane = (512, 1024) if args.smoke else PLANE

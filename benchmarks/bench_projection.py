@@ -104,7 +104,7 @@ def case_zchunk(p: dict[str, Any]) -> dict[str, Any]:
     import tifffile
 
     import zchunk
-    from zchunk.chunking import default_memory_limit
+    from zchunk.budget import default_memory_limit
     from zchunk.pipeline import RunOptions, run_project
 
     for module in EAGER:

@@ -4,12 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zchunk.budget import format_bytes, parse_memory
 from zchunk.chunking import (
     COPIES_PER_WORKER,
     STREAM_MIN_READ,
     STREAM_TASKS_PER_WORKER,
-    format_bytes,
-    parse_memory,
     plan_chunks,
     plan_stream_rows,
 )
@@ -163,7 +162,7 @@ def test_stream_rows_properties(height, plane_row, state_row, budget, workers, l
 
 
 def test_budget_is_parsed_once_and_validated():
-    from zchunk.chunking import Budget
+    from zchunk.budget import Budget
     from zchunk.errors import OptionError
 
     b = Budget.parse("2GiB", workers=3)
@@ -179,7 +178,8 @@ def test_budget_is_parsed_once_and_validated():
 def test_a_filter_plans_smaller_chunks_at_least_four_halos_tall():
     import numpy as np
 
-    from zchunk.chunking import FILTER_MEMORY_FACTOR, PROJECTION, Budget, Purpose, plan
+    from zchunk.budget import Budget
+    from zchunk.chunking import FILTER_MEMORY_FACTOR, PROJECTION, Purpose, plan
 
     budget = Budget(64 * 2**20, 2)
     shape, dtype = (50, 2000, 2000), np.dtype("uint16")

@@ -185,7 +185,7 @@ def test_progress_bar_under_a_client(cluster, source, tmp_path, capsys):
 
 def _bands(source, budget):
     """Blocks of a projection of `source` planned within `budget` (the blocks a writer stores)."""
-    from zchunk.chunking import Budget
+    from zchunk.budget import Budget
 
     threads = 2  # the cluster's: 2 workers of 1 thread
     chunks = zchunk.open(source, memory_limit=Budget.parse(budget, threads)).data.chunks

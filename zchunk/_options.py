@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zchunk.chunking import Budget
+from zchunk.budget import Budget
 
 if TYPE_CHECKING:
     import os
@@ -39,7 +39,7 @@ class RunOptions:
         read (as zeros) rather than refused; as :func:`zchunk.open` takes them.
     memory_limit, workers, scheduler, scheduler_file, progress :
         Computing: the budget of all workers together (``"2GiB"``, bytes or a
-        :class:`~zchunk.chunking.Budget`), worker threads or processes, the scheduler (see
+        :class:`~zchunk.budget.Budget`), worker threads or processes, the scheduler (see
         :func:`zchunk.pipeline.compute_context`), and the progress bar (None: when stderr
         is a terminal).
     overwrite, resume, compression, pyramid, ngff_version :

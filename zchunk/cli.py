@@ -135,7 +135,8 @@ def _add_write(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from zchunk.chunking import PROJECTION, Budget
+    from zchunk.budget import Budget
+    from zchunk.chunking import PROJECTION
     from zchunk.describe import describe_found, format_info
     from zchunk.io import OpenArgs, find
 
@@ -240,7 +241,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     import zchunk
-    from zchunk.chunking import Budget
+    from zchunk.budget import Budget
     from zchunk.preview import preview
 
     budget = Budget.parse(args.memory_limit)
@@ -253,7 +254,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import zchunk
-    from zchunk.chunking import Budget
+    from zchunk.budget import Budget
 
     budget = Budget.parse(args.memory_limit)
     a = zchunk.open(args.a, memory_limit=budget)

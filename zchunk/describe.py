@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zchunk.chunking import format_bytes
+from zchunk.budget import format_bytes
 
 if TYPE_CHECKING:
     from zchunk.io._readers import Found

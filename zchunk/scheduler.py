@@ -20,7 +20,7 @@ import dask
 import dask.local
 import dask.threaded
 
-from zchunk.chunking import Budget
+from zchunk.budget import Budget
 from zchunk.errors import OptionError
 from zchunk.progress import ProgressBar, gather_with_progress
 

@@ -18,7 +18,8 @@ import zarr
 from scipy import ndimage
 
 import zchunk
-from zchunk.chunking import PROJECTION, Budget, Purpose, plan
+from zchunk.budget import Budget
+from zchunk.chunking import PROJECTION, Purpose, plan
 from zchunk.testing import KILL_AFTER_MARKERS, blobs
 
 SHAPE = (120, 96, 192)  # 4 MiB of uint16: at a budget of 4 MiB a band through z is 7 rows

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zchunk._partial import incomplete_reason
-from zchunk.chunking import PROJECTION, Budget, Purpose
+from zchunk.budget import Budget
+from zchunk.chunking import PROJECTION, Purpose
 from zchunk.errors import IncompleteOutputError, StackFormatError
 from zchunk.io._find import find_inputs
 from zchunk.io._readers import Found, Request, open_array

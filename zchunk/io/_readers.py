@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     import dask.array as da
 
-    from zchunk.chunking import Budget, ChunkPlan, Purpose
+    from zchunk.budget import Budget
+    from zchunk.chunking import ChunkPlan, Purpose
     from zchunk.io._tiff_layout import BlockSpec
 
 __all__ = ["READERS", "Found", "Reader", "Request", "open_array"]

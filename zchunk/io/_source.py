@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from zchunk._types import SourceLike
-    from zchunk.chunking import Budget, Purpose
+    from zchunk.budget import Budget
+    from zchunk.chunking import Purpose
     from zchunk.stack import Stack
 
 __all__ = ["OpenArgs", "OpenedSource"]

@@ -231,7 +231,7 @@ def check_memory(spec: Spec, shape: tuple[int, ...], budget: int, workers: int) 
     need = depth * rows * cols * max(4, spec.work.itemsize)
     if need * workers <= budget:
         return
-    from zchunk.chunking import format_bytes
+    from zchunk.budget import format_bytes
 
     param = f"sigma={max(spec.sigma):g}" if REGISTRY[spec.name].param == "sigma" else ""
     param = f"size={max(spec.size)}" if REGISTRY[spec.name].param == "size" else param

@@ -75,7 +75,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zchunk._types import FILTERS, MODES
-from zchunk.chunking import Budget, Purpose
+from zchunk.budget import Budget
+from zchunk.chunking import Purpose
 from zchunk.errors import ChunkingError, OptionError
 from zchunk.ops._engine import store_plane
 from zchunk.ops._filter_graph import filter_overlap, filter_regions

@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from zchunk.chunking import format_bytes
+from zchunk.budget import format_bytes
 from zchunk.errors import DiskSpaceError
 
 if TYPE_CHECKING:
