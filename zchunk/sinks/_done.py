@@ -147,8 +147,13 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     output (:func:`sync_tree`); when each block is handed to the disk as soon as it is stored,
     the disk writes overlap the computation and that fsync finds little left to write.
     ``POSIX_FADV_DONTNEED`` starts write-back of dirty pages (the kernel's ``WB_SYNC_NONE``) and
-    drops only pages that are already clean. A no-op where ``posix_fadvise`` does not exist;
-    errors are ignored: a hint, not a write (the commit's fsync makes the output durable). The
+    drops only pages that are already clean. It waits for nothing and reports nothing, so,
+    unlike the fsync of the flush thread that cd3b48b removed, it cannot take a write-back error
+    from the commit: Linux keeps an error no fsync has seen for the next fsync of the file, even
+    on a descriptor opened later (test_a_write_back_error_fails_the_run). The one window is the
+    kernel's own: an inode evicted between a failed write-back and the commit loses its error,
+    as it can for any page the kernel writes back by itself after 30 s. A no-op where
+    ``posix_fadvise`` does not exist; its errors are ignored: a hint, not a write. The
     210 MB demo stack converted to zarr in 0.34 s instead of 0.43 s (medians of 9, two
     checkouts interleaved); its filters and TIFF outputs were unchanged within noise
     (benchmarks/RESULTS.md).

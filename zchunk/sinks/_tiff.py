@@ -161,19 +161,17 @@ class _FileRegions:
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray[Any, Any]) -> None:
         value = np.ascontiguousarray(value, dtype=self.dtype)
         crc = nbytes = 0
-        first = last = None
+        runs = list(self._runs(key))  # in file order
         with open(self.path, "r+b") as fh:
-            for index, offset in self._runs(key):
+            for index, offset in runs:
                 run = memoryview(value[index]).cast("B")
                 fh.seek(offset)
                 fh.write(run)
                 crc = zlib.crc32(run, crc)
                 nbytes += run.nbytes
-                first = offset if first is None else first
-                last = offset + run.nbytes
             fh.flush()
-            if first is not None and last is not None:
-                start_writeback(fh.fileno(), first, last - first)  # the block's span
+            if runs:  # the block's span, from its first run to the end of its last
+                start_writeback(fh.fileno(), runs[0][1], runs[-1][1] + run.nbytes - runs[0][1])
         self._written[self._bounds(key)] = (nbytes, crc)
 
     def written_digest(self, key: tuple[slice, ...]) -> tuple[int, int] | None:
