@@ -17,7 +17,9 @@ reports when they exceed the memory budget.
 
 Projections read without chunks: :func:`stream_planes` feeds running results plane by plane
 from tall bands, :func:`stream_bands` feeds column reductions (a median) a band at a time; both
-through one reused buffer.
+through one reused buffer. A plane stream of an uncompressed file that is not in the page cache
+reads with O_DIRECT, a reader thread ahead of the consumer (:mod:`zchunk.io._direct`): the
+disk fills the buffers and the kernel copies nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zchunk.errors import CorruptDataError, InputChangedError
+from zchunk.io._direct import DirectRanges, set_direct
 from zchunk.io._tiff_open import open_tiff, strict
 
 if TYPE_CHECKING:
@@ -212,6 +215,34 @@ class _Planes:
                     os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
         return probe
 
+    def direct(self) -> DirectRanges | None:
+        """Return a reader of the planes with O_DIRECT when that is how they are best read.
+
+        That is when each plane is one range of whole rows of at least
+        :data:`DIRECT_MIN_READ` bytes, aligned to its pixels, the first is not in the page
+        cache (a cached file is read fastest from the cache), and the file system takes
+        O_DIRECT (see :mod:`zchunk.io._direct`).
+        """
+        spec = self.spec
+        if self.parts is None or spec.cols != (0, spec.width) or not DIRECT_READS:
+            return None
+        row_bytes = spec.width * spec.dtype.itemsize
+        ranges = []
+        for parts in self.parts:
+            if len(parts) != 1:
+                return None
+            offset, _, count = parts[0]
+            ranges.append((offset, count * row_bytes))
+        nbytes = ranges[0][1] if ranges else 0
+        if nbytes < DIRECT_MIN_READ or any(o % spec.dtype.itemsize for o, _ in ranges):
+            return None
+        if _is_cached(self.fds[0], ranges[0][0] + nbytes - 1):
+            return None
+        if not set_direct(sorted(set(self.fds))):
+            return None
+        depth = max(2, STREAM_AHEAD_BYTES // 4 // nbytes)
+        return DirectRanges(self.fds, ranges, self.paths, depth)
+
     def read_all(self, out: np.ndarray) -> None:
         """Read every plane into `out` (planes, rows, columns), in the native byte order."""
         for p in range(len(self.fds)):
@@ -258,13 +289,25 @@ def stream_bands(spec: BlockSpec, bands: Sequence[BlockSpec]) -> Iterator[np.nda
 STREAM_AHEAD_BYTES = 32 * 2**20
 
 
+#: Whether plane streams of uncached, uncompressed files read with O_DIRECT (see
+#: :meth:`_Planes.direct`); a switch for tests and comparisons.
+DIRECT_READS = True
+
+#: Smallest plane range read with O_DIRECT: the reader thread has one read at a time in
+#: flight, and shorter reads would leave the disk waiting between them (the page cache's
+#: readahead keeps many in flight).
+DIRECT_MIN_READ = 256 * 2**10
+
+
 def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
     """Yield the block's planes in order, each read into one reused buffer.
 
     A plane is valid until the next one is asked for. Memory is one plane of the block
     (plus a decoded segment), whatever the number of planes: reductions that can be computed
     plane by plane (max, min, sums) read a band of the whole stack this way, in long reads
-    that keep the disk's sequential rate.
+    that keep the disk's sequential rate. Planes of an uncached, uncompressed file are read
+    with O_DIRECT instead (see :meth:`_Planes.direct`), up to a quarter of
+    :data:`STREAM_AHEAD_BYTES` ahead in the process's own buffers.
     """
     r0, r1 = spec.rows
     c0, c1 = spec.cols
@@ -273,6 +316,15 @@ def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
     ahead = max(1, STREAM_AHEAD_BYTES // max(buf.nbytes, 1))
     with _Tally().flushed() as tally, _opened(spec) as fds:
         planes = _Planes(spec, fds, tally)
+        direct = planes.direct()
+        if direct is not None:
+            shape = (r1 - r0, c1 - c0)
+            for raw in direct:
+                plane = raw.view(buf.dtype).reshape(shape)
+                tally.read += raw.nbytes
+                _to_native(spec, plane)
+                yield plane
+            return
         warm = planes.prefetch(range(min(ahead, nplanes)), probe=True)
         for p in range(nplanes):
             if p + ahead < nplanes:

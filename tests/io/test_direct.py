@@ -1,0 +1,163 @@
+"""O_DIRECT plane streams of cold files: the planes the page cache gives, or not taken at all."""
+
+import fcntl
+import os
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+import zchunk
+from zchunk.errors import CorruptDataError
+from zchunk.io import _direct, _tiff
+from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite
+
+SHAPE = (11, 90, 130)  # odd sizes: bands of several strips, rows not a multiple of a page
+
+
+def _takes_direct(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _direct.set_direct([fd])
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def cold(monkeypatch, tmp_path):
+    """Every plane stream finds its file uncached; returns the list of streams read directly."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"\0" * 8192)
+    if not _takes_direct(probe):
+        pytest.skip("the file system of tmp_path has no O_DIRECT")
+    used = []
+
+    class Spy(_direct.DirectRanges):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append(len(self.ranges))
+
+    monkeypatch.setattr(_tiff, "_is_cached", lambda fd, offset: False)
+    monkeypatch.setattr(_tiff, "DIRECT_MIN_READ", 1)
+    monkeypatch.setattr(_tiff, "DirectRanges", Spy)
+    return used
+
+
+def _results(path, budget):
+    s = zchunk.open(path, memory_limit=budget)
+    top = zchunk.project(s, "max").data.compute()
+    smooth = zchunk.filter(s, "gaussian", sigma=1.5, dtype=s.dtype).data.compute()
+    edges = zchunk.filter(s, "sobel", per_plane=True).data.compute()
+    return top, smooth, edges
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "striped-raw"])
+@pytest.mark.parametrize("dtype", ["uint8", ">u2", "float32"])
+def test_direct_reads_give_the_planes_of_the_page_cache(tmp_path, cold, monkeypatch, layout, dtype):
+    data = blobs(SHAPE, np.dtype(dtype).newbyteorder("="), seed=5).astype(dtype)
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS[layout])
+    direct = _results(path, "200KB")  # several bands: ranges start inside strips
+    assert cold, "no stream was read with O_DIRECT"
+    np.testing.assert_array_equal(direct[0], data.max(axis=0))
+    monkeypatch.setattr(_tiff, "DIRECT_READS", False)
+    cold.clear()
+    cached = _results(path, "200KB")
+    assert not cold
+    for a, b in zip(direct, cached, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_system_without_o_direct_reads_as_before(tmp_path, cold, monkeypatch):
+    data = blobs(SHAPE, "uint16", seed=6)
+    path = imwrite(tmp_path / "s.tif", data)
+    monkeypatch.setattr(_tiff, "set_direct", lambda fds: False)
+    s = zchunk.open(path, memory_limit="200KB")
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+    assert not cold
+
+
+def test_a_cached_file_is_read_from_the_cache(tmp_path, monkeypatch):
+    data = blobs(SHAPE, "uint16", seed=7)
+    path = imwrite(tmp_path / "s.tif", data)  # just written: in the page cache
+    monkeypatch.setattr(_tiff, "DIRECT_MIN_READ", 1)
+    monkeypatch.setattr(_tiff, "set_direct", lambda fds: pytest.fail("O_DIRECT for cached data"))
+    s = zchunk.open(path)
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+
+
+def test_set_direct_changes_no_file_when_one_refuses(tmp_path, monkeypatch):
+    fds = []
+    for name in "ab":
+        (tmp_path / name).write_bytes(b"\0" * 8192)
+        fds.append(os.open(tmp_path / name, os.O_RDONLY))
+    real = fcntl.fcntl
+
+    def refuse_second(fd, cmd, arg=0):
+        if fd == fds[1] and cmd == fcntl.F_SETFL:
+            raise OSError(22, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", refuse_second)
+    try:
+        assert not _direct.set_direct(fds)
+        assert not any(real(fd, fcntl.F_GETFL) & os.O_DIRECT for fd in fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _ranges(tmp_path, nbytes):
+    path = tmp_path / "raw"
+    data = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    if not _direct.set_direct([fd]):
+        os.close(fd)
+        pytest.skip("the file system of tmp_path has no O_DIRECT")
+    return fd, data, str(path)
+
+
+def test_ranges_at_any_offset(tmp_path):
+    fd, data, path = _ranges(tmp_path, 50_000)
+    ranges = [(0, 10), (1, 4095), (4095, 2), (4096, 4096), (333, 20_000), (49_990, 10)]
+    try:
+        reader = _direct.DirectRanges([fd] * len(ranges), ranges, [path] * len(ranges), depth=2)
+        got = [bytes(r) for r in reader]
+    finally:
+        os.close(fd)
+    assert got == [data[o : o + n].tobytes() for o, n in ranges]
+
+
+def test_a_range_past_the_end_is_a_truncated_file(tmp_path):
+    fd, _, path = _ranges(tmp_path, 10_000)
+    ranges = [(0, 100), (9_000, 2_000)]
+    try:
+        reader = iter(_direct.DirectRanges([fd] * 2, ranges, [path] * 2, depth=2))
+        next(reader)
+        with pytest.raises(CorruptDataError, match=r"truncated.*ends after 1000"):
+            next(reader)
+    finally:
+        os.close(fd)
+    assert not any(t.name == "zchunk-direct-read" for t in threading.enumerate())
+
+
+def test_closing_the_stream_early_stops_the_reader(tmp_path):
+    fd, data, path = _ranges(tmp_path, 1 << 20)
+    ranges = [(i * 4096, 4096) for i in range(256)]
+    try:
+        reader = iter(_direct.DirectRanges([fd] * 256, ranges, [path] * 256, depth=3))
+        assert bytes(next(reader)) == data[:4096].tobytes()
+        reader.close()
+    finally:
+        os.close(fd)
+    assert not any(t.name == "zchunk-direct-read" for t in threading.enumerate())
+
+
+def test_a_big_endian_file_streams_native_planes(tmp_path, cold):
+    data = blobs(SHAPE, "uint16", seed=8)
+    path = tmp_path / "be.tif"
+    tifffile.imwrite(path, data.astype(">u2"), byteorder=">", photometric="minisblack")
+    s = zchunk.open(path)
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+    assert cold
