@@ -161,3 +161,27 @@ def test_a_big_endian_file_streams_native_planes(tmp_path, cold):
     s = zchunk.open(path)
     np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
     assert cold
+
+
+def test_the_cache_probe_moves_from_run_to_run(tmp_path, cold, monkeypatch):
+    # probing an uncached page reads it into the cache: a probe of a fixed byte would find
+    # the page the last run's probe brought in, and a cold file would be read as a warm one
+    data = blobs(SHAPE, "uint16", seed=9)
+    path = imwrite(tmp_path / "s.tif", data)
+    probed = []
+    monkeypatch.setattr(_tiff, "_is_cached", lambda fd, offset: probed.append(offset) or False)
+    s = zchunk.open(path)
+    for _ in range(3):
+        np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+    assert len(probed) == 3
+    assert len(set(probed)) == 3
+    assert len(cold) == 3
+
+
+def test_planes_too_large_to_hold_two_are_read_through_the_cache(tmp_path, cold, monkeypatch):
+    data = blobs(SHAPE, "uint16", seed=10)
+    path = imwrite(tmp_path / "s.tif", data)
+    monkeypatch.setattr(_tiff, "STREAM_AHEAD_BYTES", 2 * SHAPE[1] * SHAPE[2] * 2 - 2)
+    s = zchunk.open(path)
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+    assert not cold
