@@ -10,49 +10,28 @@ top of the filter's. On the 2-core test VM a Gaussian of a 32 GB stack to zarr s
 waits for the disk (no readahead), so a reader thread reads the next planes into a ring of
 aligned buffers while the consumer works on the current one.
 
-O_DIRECT needs the file offset, the length and the buffer aligned to the device's block: a
+O_DIRECT needs the file offset, the length and the buffer aligned (:mod:`zchunk._direct`): a
 plane's byte range is read from the aligned offset below it to the aligned end above it (at
-most :data:`ALIGN` more bytes on each side), and the plane is a view into the buffer. Files on
-file systems without O_DIRECT (tmpfs, some network mounts) are read as before.
+most a page more on each side), and the plane is a view into the buffer. Files on file systems
+without O_DIRECT (tmpfs, some network mounts) are read as before.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import threading
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from zchunk._direct import ALIGN, aligned_empty, set_direct
 from zchunk.errors import CorruptDataError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-__all__ = ["ALIGN", "DirectRanges", "set_direct"]
+    import numpy as np
 
-#: Alignment of O_DIRECT offsets, lengths and buffers: a page, a multiple of every block size.
-ALIGN = 4096
-
-
-def set_direct(fds: Sequence[int]) -> bool:
-    """Turn O_DIRECT on for every one of `fds`; False (and left as they were) if one refuses."""
-    direct = getattr(os, "O_DIRECT", 0)
-    if not direct:
-        return False
-    done = []
-    try:
-        for fd in fds:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | direct)
-            done.append((fd, flags))
-    except OSError:  # EINVAL: this file system has no O_DIRECT
-        for fd, flags in done:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        return False
-    return True
+__all__ = ["DirectRanges", "set_direct"]
 
 
 class DirectRanges:
@@ -76,9 +55,7 @@ class DirectRanges:
         span = max((_span(o, n)[1] - _span(o, n)[0] for o, n in ranges), default=0)
         self.slot = span
         self.depth = max(1, min(depth, len(ranges)))
-        raw = np.empty(self.depth * span + ALIGN, dtype=np.uint8)
-        first = (-raw.ctypes.data) % ALIGN
-        self.buffer = raw[first : first + self.depth * span]
+        self.buffer = aligned_empty(self.depth * span)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         free: queue.SimpleQueue[int | None] = queue.SimpleQueue()

@@ -9,9 +9,14 @@ computed and encoded, and a stored file that differs from it (a short write, a w
 another process, damage) is caught there. A file the store wrote by another route (a partial
 write) has no kept bytes; its block is then read back from disk, as before.
 
-The store also starts each file's write to disk as soon as it is written
-(:func:`~zchunk.sinks._done.start_writeback`), so that the disk writes of a run overlap its computation instead of
-all following it in the commit's fsync.
+Files of at least :data:`DIRECT_MIN_BYTES` (the shards of blocks) are written with O_DIRECT
+(:func:`write_direct`): the disk reads them from the process's buffer, the kernel copies nothing
+into its page cache (on the 2-core VM such copies cost 14.7 s of kernel CPU per 4.4 GB: a 32 GB
+Gaussian to zarr spent 12% of its CPU there). Smaller files, and every file on a file system
+without O_DIRECT, go through zarr's store, which writes them through the page cache; the store
+then starts each one's write to disk at once (:func:`~zchunk.sinks._done.start_writeback`), so
+that the disk writes of a run overlap its computation instead of all following it in the
+commit's fsync.
 
 Imported only for zarr outputs (zarr costs 0.3 s to import).
 """
@@ -19,13 +24,17 @@ Imported only for zarr outputs (zarr costs 0.3 s to import).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import uuid
 import zlib
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zarr
 from zarr.storage import LocalStore, WrapperStore
 
+from zchunk._direct import ALIGN, aligned_empty, set_direct
 from zchunk.sinks._done import start_writeback
 
 if TYPE_CHECKING:
@@ -65,11 +74,18 @@ class WrittenStore(WrapperStore["Store"]):
         return getattr(self._store, "root", None)
 
     async def set(self, key: str, value: Buffer) -> None:
-        """Write `value` under `key`, keep it, and start its write to disk."""
-        await self._store.set(key, value)
+        """Write `value` under `key`, keep it, and have it written to disk (see above)."""
+        path = None if self.root is None else os.path.join(self.root, key)
+        data = value.as_buffer_like()
+        if path is None or len(data) < DIRECT_MIN_BYTES or not DIRECT_WRITES:
+            written = False
+        else:
+            written = await asyncio.to_thread(write_direct, path, data)
+        if not written:
+            await self._store.set(key, value)
         self._kept[key] = value
-        if self.root is not None:
-            await asyncio.to_thread(_hand_to_disk, os.path.join(self.root, key))
+        if path is not None and not written:
+            await asyncio.to_thread(_hand_to_disk, path)
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """Write `value` under `key` (synchronously), then keep it."""
@@ -84,6 +100,50 @@ class WrittenStore(WrapperStore["Store"]):
     def take(self, key: str) -> Buffer | None:
         """Return the bytes last written under `key` and forget them; None if none were kept."""
         return self._kept.pop(key, None)
+
+
+#: Whether files of at least DIRECT_MIN_BYTES are written with O_DIRECT (a switch for tests).
+DIRECT_WRITES = True
+
+#: Smaller files go through the page cache: a write with O_DIRECT waits for the disk, and for
+#: a small file that wait costs more than the copy it saves.
+DIRECT_MIN_BYTES = 256 * 2**10
+
+
+def write_direct(path: str, data: Any) -> bool:
+    """Write bytes `data` as file `path` with O_DIRECT, atomically; False if O_DIRECT is refused.
+
+    As zarr's local store does, the bytes go to a new file beside `path` that then replaces it,
+    so a reader (or a resumed run) never finds a file half written. The bytes are copied into
+    an aligned buffer padded to :data:`~zchunk._direct.ALIGN`, written, and the file cut back to
+    its length. A refused O_DIRECT (a file system without it) leaves nothing behind.
+    """
+    view = memoryview(data).cast("B")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        if not set_direct([fd]):
+            os.close(fd)
+            os.unlink(tmp)
+            return False
+        size = len(view)
+        buffer = aligned_empty(-(-size // ALIGN) * ALIGN)
+        buffer[:size] = np.frombuffer(view, np.uint8)
+        buffer[size:] = 0
+        done = 0
+        while done < len(buffer):
+            done += os.pwrite(fd, buffer[done:], done)
+        os.ftruncate(fd, size)
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 def _hand_to_disk(path: str) -> None:

@@ -1,0 +1,116 @@
+"""Zarr shards written with O_DIRECT: the same files as zarr's own writes, atomic, resumable."""
+
+import errno
+import os
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import zchunk
+from zchunk._direct import set_direct
+from zchunk.errors import DiskSpaceError
+from zchunk.sinks import _written, to_zarr
+from zchunk.stack import Stack
+from zchunk.testing import blobs
+
+
+def _has_direct(folder):
+    probe = folder / "probe"
+    probe.write_bytes(b"")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        return set_direct([fd])
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+@pytest.fixture
+def direct(tmp_path, monkeypatch):
+    """Every stored file of a zarr output is written with O_DIRECT; the paths written so."""
+    if not _has_direct(tmp_path):
+        pytest.skip("the file system of tmp_path has no O_DIRECT")
+    written = []
+    real = _written.write_direct
+
+    def spy(path, data):
+        done = real(path, data)
+        if done:
+            written.append(path)
+        return done
+
+    monkeypatch.setattr(_written, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(_written, "write_direct", spy)
+    return written
+
+
+def _files(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def test_write_direct_writes_the_bytes_and_replaces_the_file(tmp_path):
+    if not _has_direct(tmp_path):
+        pytest.skip("the file system of tmp_path has no O_DIRECT")
+    path = str(tmp_path / "a" / "b" / "shard")
+    for size in (1, 4095, 4096, 4097, 100_000):
+        data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert _written.write_direct(path, data)
+        with open(path, "rb") as f:
+            assert f.read() == data  # cut back to its length: no padding left
+    assert os.listdir(tmp_path / "a" / "b") == ["shard"]  # no temporary file left
+
+
+def test_a_zarr_output_written_directly_is_the_same_and_resumes_as_finished(
+    tmp_path, direct, monkeypatch
+):
+    a = blobs((6, 70, 50), "uint16", seed=2)
+    stack = Stack(da.from_array(a, chunks=(6, 20, 50)))
+    out = to_zarr(stack, tmp_path / "d.zarr")
+    assert direct, "no file was written with O_DIRECT"
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
+    monkeypatch.setattr(_written, "DIRECT_WRITES", False)
+    ref = to_zarr(stack, tmp_path / "c.zarr")
+    assert _files(out) == _files(ref)
+    for name in _files(out):
+        if "zarr.json" not in name:
+            with open(os.path.join(out, name), "rb") as f, open(os.path.join(ref, name), "rb") as g:
+                assert f.read() == g.read(), name
+    # the markers of the finished output match the files on disk (sizes and crc32)
+    before = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in _files(out)}
+    assert to_zarr(stack, tmp_path / "d.zarr", resume=True) == out
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in _files(out)} == before
+
+
+def test_a_failed_direct_write_keeps_the_partial_output_and_resumes(tmp_path, direct, monkeypatch):
+    a = blobs((4, 80, 30), "uint16", seed=4)
+    stack = Stack(da.from_array(a, chunks=(4, 10, 30)))
+    real, calls = os.pwrite, []
+
+    def full_after_three(fd, data, offset):
+        calls.append(fd)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_after_three)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(DiskSpaceError):
+        to_zarr(stack, tmp_path / "a.zarr")
+    leftovers = [n for n in _files(tmp_path) if n.endswith(".partial") and "/c/" in n]
+    assert leftovers == []  # the failed shard's temporary file is gone
+    monkeypatch.setattr(os, "pwrite", real)
+    out = to_zarr(stack, tmp_path / "a.zarr", resume=True)
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
+
+
+def test_a_file_system_without_o_direct_writes_through_zarr(tmp_path, monkeypatch):
+    monkeypatch.setattr(_written, "DIRECT_MIN_BYTES", 0)
+    monkeypatch.setattr(_written, "set_direct", lambda fds: False)
+    a = blobs((4, 40, 30), "uint16", seed=5)
+    out = zchunk.save(Stack(da.from_array(a, chunks=(4, 10, 30))), tmp_path / "a.zarr")
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
+    assert not [n for n in _files(out) if n.endswith(".partial")]
