@@ -77,7 +77,7 @@ class WrittenStore(WrapperStore["Store"]):
         """Write `value` under `key`, keep it, and have it written to disk (see above)."""
         path = None if self.root is None else os.path.join(self.root, key)
         data = value.as_buffer_like()
-        if path is None or len(data) < DIRECT_MIN_BYTES or not DIRECT_WRITES:
+        if path is None or memoryview(data).nbytes < DIRECT_MIN_BYTES or not DIRECT_WRITES:
             written = False
         else:
             written = await asyncio.to_thread(write_direct, path, data)
@@ -122,28 +122,32 @@ def write_direct(path: str, data: Any) -> bool:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{uuid.uuid4().hex}.partial"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    is_open = True
     try:
-        if not set_direct([fd]):
-            os.close(fd)
-            os.unlink(tmp)
-            return False
-        size = len(view)
-        buffer = aligned_empty(-(-size // ALIGN) * ALIGN)
-        buffer[:size] = np.frombuffer(view, np.uint8)
-        buffer[size:] = 0
-        done = 0
-        while done < len(buffer):
-            done += os.pwrite(fd, buffer[done:], done)
-        os.ftruncate(fd, size)
+        direct = set_direct([fd])
+        if direct:
+            size = view.nbytes
+            buffer = aligned_empty(-(-size // ALIGN) * ALIGN)
+            buffer[:size] = np.frombuffer(view, np.uint8)
+            buffer[size:] = 0
+            done = 0
+            while done < len(buffer):
+                done += os.pwrite(fd, buffer[done:], done)
+            os.ftruncate(fd, size)
+        is_open = False  # never closed twice: the number may be another file's by then
         os.close(fd)
-        os.replace(tmp, path)
+        if direct:
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if is_open:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return True
+    return direct
 
 
 def _hand_to_disk(path: str) -> None:
