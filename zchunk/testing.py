@@ -20,6 +20,7 @@ __all__ = [
     "blobs",
     "imwrite",
     "iter_blob_planes",
+    "takes_o_direct",
     "write_tiff_sequence",
     "write_tiff_stack",
 ]
@@ -87,3 +88,18 @@ _resume.write_marker = write_then_kill
 from zchunk.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def takes_o_direct(folder: str | os.PathLike[str]) -> bool:
+    """Whether files in `folder` can be opened with O_DIRECT (tmpfs and some mounts refuse)."""
+    from zchunk._direct import set_direct
+
+    probe = os.path.join(folder, ".o_direct_probe")
+    with open(probe, "wb"):
+        pass
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        return set_direct([fd])
+    finally:
+        os.close(fd)
+        os.unlink(probe)

@@ -3,33 +3,25 @@
 import fcntl
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
 import zchunk
+from zchunk._direct import set_direct
 from zchunk.errors import CorruptDataError
 from zchunk.io import _direct, _tiff
-from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite
+from zchunk.testing import TIFF_LAYOUTS, blobs, imwrite, takes_o_direct
 
 SHAPE = (11, 90, 130)  # odd sizes: bands of several strips, rows not a multiple of a page
-
-
-def _takes_direct(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _direct.set_direct([fd])
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
 def cold(monkeypatch, tmp_path):
     """Every plane stream finds its file uncached; returns the list of streams read directly."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"\0" * 8192)
-    if not _takes_direct(probe):
+    if not takes_o_direct(tmp_path):
         pytest.skip("the file system of tmp_path has no O_DIRECT")
     used = []
 
@@ -100,7 +92,7 @@ def test_set_direct_changes_no_file_when_one_refuses(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fcntl, "fcntl", refuse_second)
     try:
-        assert not _direct.set_direct(fds)
+        assert not set_direct(fds)
         assert not any(real(fd, fcntl.F_GETFL) & os.O_DIRECT for fd in fds)
     finally:
         for fd in fds:
@@ -112,7 +104,7 @@ def _ranges(tmp_path, nbytes):
     data = np.random.default_rng(1).integers(0, 256, nbytes, dtype=np.uint8)
     path.write_bytes(data.tobytes())
     fd = os.open(path, os.O_RDONLY)
-    if not _direct.set_direct([fd]):
+    if not set_direct([fd]):
         os.close(fd)
         pytest.skip("the file system of tmp_path has no O_DIRECT")
     return fd, data, str(path)
@@ -185,3 +177,25 @@ def test_planes_too_large_to_hold_two_are_read_through_the_cache(tmp_path, cold,
     s = zchunk.open(path)
     np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
     assert not cold
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "imagej/stack_uint8.tif",  # ImageJ 1.x: big-endian, planes back to back
+        "imagej/stack_uint16.tif",
+        "imagej/stack_float32.tif",
+        "imagej/hyperstack_tzcyx.tif",
+        "bfconvert_z/zsplit_Z0.ome.tif",  # Bio-Formats: one plane per file
+        "mmstack/mm_MMStack_Pos0.ome.tif",  # Micro-Manager: split across two files
+    ],
+)
+def test_files_of_other_tools_stream_the_same_planes_directly(cold, monkeypatch, name):
+    s = zchunk.open(CORPUS / name)
+    expected = s.data.compute()  # whole blocks, through the page cache
+    got = zchunk.project(s, "max").data.compute()
+    assert cold, "no stream was read with O_DIRECT"
+    np.testing.assert_array_equal(got, expected.max(axis=s.axes.index("z")))

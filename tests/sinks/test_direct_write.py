@@ -10,28 +10,16 @@ import pytest
 import zarr
 
 import zchunk
-from zchunk._direct import set_direct
 from zchunk.errors import DiskSpaceError
 from zchunk.sinks import _written, to_zarr
 from zchunk.stack import Stack
-from zchunk.testing import blobs
-
-
-def _has_direct(folder):
-    probe = folder / "probe"
-    probe.write_bytes(b"")
-    fd = os.open(probe, os.O_RDONLY)
-    try:
-        return set_direct([fd])
-    finally:
-        os.close(fd)
-        probe.unlink()
+from zchunk.testing import blobs, takes_o_direct
 
 
 @pytest.fixture
 def direct(tmp_path, monkeypatch):
     """Every stored file of a zarr output is written with O_DIRECT; the paths written so."""
-    if not _has_direct(tmp_path):
+    if not takes_o_direct(tmp_path):
         pytest.skip("the file system of tmp_path has no O_DIRECT")
     written = []
     real = _written.write_direct
@@ -54,7 +42,7 @@ def _files(root):
 
 
 def test_write_direct_writes_the_bytes_and_replaces_the_file(tmp_path):
-    if not _has_direct(tmp_path):
+    if not takes_o_direct(tmp_path):
         pytest.skip("the file system of tmp_path has no O_DIRECT")
     path = str(tmp_path / "a" / "b" / "shard")
     for size in (1, 4095, 4096, 4097, 100_000):
@@ -114,3 +102,16 @@ def test_a_file_system_without_o_direct_writes_through_zarr(tmp_path, monkeypatc
     out = zchunk.save(Stack(da.from_array(a, chunks=(4, 10, 30))), tmp_path / "a.zarr")
     np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
     assert not [n for n in _files(out) if n.endswith(".partial")]
+
+
+def test_a_killed_direct_write_leaves_a_file_that_resume_deletes(tmp_path):
+    from zchunk.sinks._atomic import store_temporary
+    from zchunk.sinks._stale import remove_store_temporaries
+
+    shard = tmp_path / "c" / "0" / "0"
+    shard.parent.mkdir(parents=True)
+    left = store_temporary(os.fspath(shard))  # the name write_direct writes under
+    with open(left, "wb") as f:
+        f.write(b"half a shard")
+    remove_store_temporaries(tmp_path)
+    assert list(shard.parent.iterdir()) == []

@@ -23,7 +23,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING
 
-from zchunk._direct import ALIGN, aligned_empty, set_direct
+from zchunk._direct import ALIGN, aligned_empty
 from zchunk.errors import CorruptDataError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["DirectRanges", "set_direct"]
+__all__ = ["DirectRanges"]
 
 
 class DirectRanges:

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zchunk._direct import set_direct
 from zchunk.errors import CorruptDataError, InputChangedError
-from zchunk.io._direct import DirectRanges, set_direct
+from zchunk.io._direct import DirectRanges
 from zchunk.io._tiff_open import open_tiff, strict
 
 if TYPE_CHECKING:
@@ -220,8 +221,8 @@ class _Planes:
         """Return a reader of the planes with O_DIRECT when that is how they are best read.
 
         That is when each plane is one range of whole rows of :data:`DIRECT_MIN_READ` to
-        half :data:`STREAM_AHEAD_BYTES` bytes (two are held at once), aligned to its pixels,
-        a byte of them is not in the page cache (a cached file is read fastest from the
+        half :data:`STREAM_AHEAD_BYTES` bytes (two are held at once), a byte of them is not
+        in the page cache (a cached file is read fastest from the
         cache), and the file system takes O_DIRECT (see :mod:`zchunk.io._direct`).
         """
         spec = self.spec
@@ -236,8 +237,6 @@ class _Planes:
             ranges.append((offset, count * row_bytes))
         nbytes = ranges[0][1] if ranges else 0
         if not DIRECT_MIN_READ <= nbytes <= STREAM_AHEAD_BYTES // 2:
-            return None
-        if any(o % spec.dtype.itemsize for o, _ in ranges):
             return None
         # a byte picked at random: probing reads the page it finds uncached into the cache,
         # so a fixed byte would look cached to the next run over the same file
@@ -327,6 +326,9 @@ def stream_planes(spec: BlockSpec) -> Iterator[np.ndarray]:
             shape = (r1 - r0, c1 - c0)
             for raw in direct:
                 plane = raw.view(buf.dtype).reshape(shape)
+                if not plane.flags.aligned:  # pixels at an odd offset (ImageJ's files)
+                    np.copyto(buf, plane)
+                    plane = buf
                 tally.read += raw.nbytes
                 _to_native(spec, plane)
                 yield plane

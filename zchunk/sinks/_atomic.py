@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +40,21 @@ __all__ = [
     "process_tag",
     "remove_path",
     "sibling_name",
+    "store_temporary",
 ]
 
 #: Marker in the names of every temporary that a sink creates next to its output.
 TEMP_MARKER = ".zchunk-"
+
+#: zarr's local store writes a chunk to ``<key>.<32 hex digits>.partial``, then renames it; so
+#: does :func:`zchunk.sinks._written.write_direct` (:func:`store_temporary`). A killed run's
+#: are deleted on resume (:func:`zchunk.sinks._stale.remove_store_temporaries`).
+STORE_TEMPORARY = re.compile(r".*\.[0-9a-f]{32}\.partial")
+
+
+def store_temporary(path: str) -> str:
+    """Return a new name to write file `path` under before renaming it, as zarr's store does."""
+    return f"{path}.{uuid.uuid4().hex}.partial"
 
 
 def _new_tag() -> str:

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import TYPE_CHECKING
 
 from zchunk._partial import RECORD_NAME, partial_path, record_path
-from zchunk.sinks._atomic import TEMP_MARKER, abandon, process_tag, remove_path
+from zchunk.sinks._atomic import (
+    STORE_TEMPORARY,
+    TEMP_MARKER,
+    abandon,
+    process_tag,
+    remove_path,
+)
 from zchunk.sinks._done import (
     forget_orphan,
     output_identity,
@@ -81,16 +86,12 @@ def clean_stale(final: Path) -> None:
     forget_orphan(final)
 
 
-#: zarr's local store writes a chunk to ``<key>.<32 hex digits>.partial``, then renames it.
-_STORE_TEMPORARY = re.compile(r".*\.[0-9a-f]{32}\.partial")
-
-
 def remove_store_temporaries(folder: Path) -> None:
     """Delete the chunk files a killed run was writing, so that they do not end in the output."""
     for root, dirnames, names in os.walk(folder):
         dirnames[:] = [d for d in dirnames if d != RECORD_NAME]
         for name in names:
-            if _STORE_TEMPORARY.fullmatch(name):
+            if STORE_TEMPORARY.fullmatch(name):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(root, name))
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 from zchunk._direct import ALIGN, aligned_empty, set_direct
+from zchunk.sinks._atomic import store_temporary
 from zchunk.sinks._done import start_writeback
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def write_direct(path: str, data: Any) -> bool:
     """
     view = memoryview(data).cast("B")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    tmp = store_temporary(path)  # a killed run's is deleted on --resume
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     is_open = True
     try:
