@@ -9,6 +9,7 @@ O_DIRECT needs file offsets, lengths and buffer addresses aligned to the device'
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["ALIGN", "aligned_empty", "set_direct"]
+__all__ = ["ALIGN", "aligned_empty", "refused", "set_direct"]
 
 #: Alignment of O_DIRECT offsets, lengths and buffers: a page, a multiple of every block size.
 ALIGN = 4096
@@ -39,6 +40,23 @@ def set_direct(fds: Sequence[int]) -> bool:
         for fd, flags in done:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         return False
+    return True
+
+
+def refused(fd: int, exc: OSError) -> bool:
+    """Whether `exc`, raised by a read or write of `fd`, is O_DIRECT refused; if so, turn it off.
+
+    A file system can take the flag and still refuse the I/O (EINVAL: a device block larger
+    than :data:`ALIGN`, some FUSE and network file systems). The same aligned buffer and
+    offsets are then read or written through the page cache: the bytes are the same.
+    """
+    direct = getattr(os, "O_DIRECT", 0)
+    if exc.errno != errno.EINVAL or not direct:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & direct:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~direct)
     return True
 
 

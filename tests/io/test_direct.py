@@ -1,5 +1,6 @@
 """O_DIRECT plane streams of cold files: the planes the page cache gives, or not taken at all."""
 
+import errno
 import fcntl
 import os
 import threading
@@ -199,3 +200,41 @@ def test_files_of_other_tools_stream_the_same_planes_directly(cold, monkeypatch,
     got = zchunk.project(s, "max").data.compute()
     assert cold, "no stream was read with O_DIRECT"
     np.testing.assert_array_equal(got, expected.max(axis=s.axes.index("z")))
+
+
+def _refusing_direct(monkeypatch, name):
+    """Make ``os.<name>`` refuse (EINVAL) every call on a descriptor with O_DIRECT on."""
+    real, refused = getattr(os, name), []
+
+    def call(fd, *args):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, *args)
+
+    monkeypatch.setattr(os, name, call)
+    return refused
+
+
+def test_reads_refused_after_the_flag_was_taken_go_through_the_cache(tmp_path, monkeypatch):
+    # some file systems (FUSE, network mounts, blocks over 4 KiB) take O_DIRECT, then refuse
+    fd, data, path = _ranges(tmp_path, 50_000)
+    refused = _refusing_direct(monkeypatch, "preadv")
+    ranges = [(1, 4095), (333, 20_000), (49_990, 10)]
+    try:
+        got = [bytes(r) for r in _direct.DirectRanges([fd] * 3, ranges, [path] * 3, depth=2)]
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)
+    assert refused == [fd]  # refused once, then read through the cache
+    assert got == [data[o : o + n].tobytes() for o, n in ranges]
+
+
+def test_a_stack_whose_direct_reads_are_refused_projects_exactly(tmp_path, cold, monkeypatch):
+    data = blobs(SHAPE, "uint16", seed=10)
+    path = imwrite(tmp_path / "s.tif", data)
+    refused = _refusing_direct(monkeypatch, "preadv")
+    s = zchunk.open(path, memory_limit="200KB")
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), data.max(axis=0))
+    assert cold, "no stream was read with O_DIRECT"
+    assert refused

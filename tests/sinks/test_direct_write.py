@@ -1,6 +1,7 @@
 """Zarr shards written with O_DIRECT: the same files as zarr's own writes, atomic, resumable."""
 
 import errno
+import fcntl
 import os
 
 import dask
@@ -115,3 +116,29 @@ def test_a_killed_direct_write_leaves_a_file_that_resume_deletes(tmp_path):
         f.write(b"half a shard")
     remove_store_temporaries(tmp_path)
     assert list(shard.parent.iterdir()) == []
+
+
+def test_writes_refused_after_the_flag_was_taken_go_through_the_cache(
+    tmp_path, direct, monkeypatch
+):
+    # some file systems (FUSE, network mounts, blocks over 4 KiB) take O_DIRECT, then refuse
+    real, refused = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    path = str(tmp_path / "x" / "shard")
+    data = np.random.default_rng(1).integers(0, 256, 10_001, dtype=np.uint8).tobytes()
+    assert _written.write_direct(path, data)
+    with open(path, "rb") as f:
+        assert f.read() == data
+    a = blobs((4, 40, 30), "uint16", seed=6)
+    out = to_zarr(Stack(da.from_array(a, chunks=(4, 10, 30))), tmp_path / "a.zarr")
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], a)
+    assert refused
+    assert direct
+    assert not [n for n in _files(tmp_path) if n.endswith(".partial")]

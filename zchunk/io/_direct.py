@@ -13,7 +13,8 @@ aligned buffers while the consumer works on the current one.
 O_DIRECT needs the file offset, the length and the buffer aligned (:mod:`zchunk._direct`): a
 plane's byte range is read from the aligned offset below it to the aligned end above it (at
 most a page more on each side), and the plane is a view into the buffer. Files on file systems
-without O_DIRECT (tmpfs, some network mounts) are read as before.
+without O_DIRECT (tmpfs, some network mounts) are read as before, and so is the rest of a
+file whose file system takes the flag but then refuses a read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING
 
-from zchunk._direct import ALIGN, aligned_empty
+from zchunk._direct import ALIGN, aligned_empty, refused
 from zchunk.errors import CorruptDataError
 
 if TYPE_CHECKING:
@@ -105,7 +106,12 @@ class DirectRanges:
         view = memoryview(self.buffer)[slot * self.slot : slot * self.slot + stop - start]
         done = 0
         while done < need:
-            n = os.preadv(fd, [view[done:]], start + done)
+            try:
+                n = os.preadv(fd, [view[done:]], start + done)
+            except OSError as exc:
+                if refused(fd, exc):  # read on through the page cache
+                    continue
+                raise
             if n == 0:
                 got = max(0, done - (offset - start))
                 msg = (

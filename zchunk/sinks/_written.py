@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore, WrapperStore
 
-from zchunk._direct import ALIGN, aligned_empty, set_direct
+from zchunk._direct import ALIGN, aligned_empty, refused, set_direct
 from zchunk.sinks._atomic import store_temporary
 from zchunk.sinks._done import start_writeback
 
@@ -116,7 +116,8 @@ def write_direct(path: str, data: Any) -> bool:
     As zarr's local store does, the bytes go to a new file beside `path` that then replaces it,
     so a reader (or a resumed run) never finds a file half written. The bytes are copied into
     an aligned buffer padded to :data:`~zchunk._direct.ALIGN`, written, and the file cut back to
-    its length. A refused O_DIRECT (a file system without it) leaves nothing behind.
+    its length. A refused O_DIRECT (a file system without it) leaves nothing behind; a
+    write refused after the flag was taken (EINVAL) goes on through the page cache.
     """
     view = memoryview(data).cast("B")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -132,7 +133,11 @@ def write_direct(path: str, data: Any) -> bool:
             buffer[size:] = 0
             done = 0
             while done < len(buffer):
-                done += os.pwrite(fd, buffer[done:], done)
+                try:
+                    done += os.pwrite(fd, buffer[done:], done)
+                except OSError as exc:
+                    if not refused(fd, exc):  # else: on through the page cache
+                        raise
             os.ftruncate(fd, size)
         is_open = False  # never closed twice: the number may be another file's by then
         os.close(fd)
