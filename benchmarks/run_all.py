@@ -46,6 +46,11 @@ BENCHMARKS = [
     ),
     ("scaling", "Throughput with 1 and 2 workers", []),
     (
+        "offsets",
+        "Cold reads of pixels at an odd offset (ImageJ's files) against page-aligned ones",
+        ["--planes", "250", "--repeat", "3"],
+    ),
+    (
         "cli",
         "How long does a whole zchunk command take, start-up included, against ImageJ?",
         ["--repeat", "10"],
