@@ -33,8 +33,23 @@ def cold(monkeypatch, tmp_path):
 
     monkeypatch.setattr(_tiff, "_is_cached", lambda fd, offset: False)
     monkeypatch.setattr(_tiff, "DIRECT_MIN_READ", 1)
+    monkeypatch.setattr(_tiff, "DIRECT_MIN_BLOCK_READ", 1)
     monkeypatch.setattr(_tiff, "DirectRanges", Spy)
     return used
+
+
+@pytest.fixture
+def blocks_read(monkeypatch):
+    """The blocks (read_block, stream_bands) read with O_DIRECT: their plane counts."""
+    read = []
+    real = _tiff._Planes.read_direct
+
+    def spy(self, direct, targets):
+        read.append(len(self.fds))
+        return real(self, direct, targets)
+
+    monkeypatch.setattr(_tiff._Planes, "read_direct", spy)
+    return read
 
 
 def _results(path, budget):
@@ -42,7 +57,8 @@ def _results(path, budget):
     top = zchunk.project(s, "max").data.compute()
     smooth = zchunk.filter(s, "gaussian", sigma=1.5, dtype=s.dtype).data.compute()
     edges = zchunk.filter(s, "sobel", per_plane=True).data.compute()
-    return top, smooth, edges
+    middle = zchunk.project(s, "median").data.compute()  # bands of whole blocks
+    return top, smooth, edges, middle, s.data.compute()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "striped-raw"])
@@ -53,6 +69,7 @@ def test_direct_reads_give_the_planes_of_the_page_cache(tmp_path, cold, monkeypa
     direct = _results(path, "200KB")  # several bands: ranges start inside strips
     assert cold, "no stream was read with O_DIRECT"
     np.testing.assert_array_equal(direct[0], data.max(axis=0))
+    np.testing.assert_array_equal(direct[4], data)
     monkeypatch.setattr(_tiff, "DIRECT_READS", False)
     cold.clear()
     cached = _results(path, "200KB")
@@ -194,12 +211,44 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
         "mmstack/mm_MMStack_Pos0.ome.tif",  # Micro-Manager: split across two files
     ],
 )
-def test_files_of_other_tools_stream_the_same_planes_directly(cold, monkeypatch, name):
+def test_files_of_other_tools_stream_the_same_planes_directly(cold, blocks_read, monkeypatch, name):
     s = zchunk.open(CORPUS / name)
-    expected = s.data.compute()  # whole blocks, through the page cache
-    got = zchunk.project(s, "max").data.compute()
+    monkeypatch.setattr(_tiff, "DIRECT_READS", False)
+    expected = s.data.compute()  # through the page cache
+    monkeypatch.setattr(_tiff, "DIRECT_READS", True)
+    z = s.axes.index("z")
+    np.testing.assert_array_equal(zchunk.project(s, "max").data.compute(), expected.max(axis=z))
     assert cold, "no stream was read with O_DIRECT"
-    np.testing.assert_array_equal(got, expected.max(axis=s.axes.index("z")))
+    np.testing.assert_array_equal(s.data.compute(), expected)
+    median = zchunk.project(s, "median", like="numpy").data.compute()
+    np.testing.assert_array_equal(median, np.median(expected, axis=z).astype(median.dtype))
+    assert blocks_read, "no block was read with O_DIRECT"
+
+
+def test_blocks_and_median_bands_of_a_cold_file_are_read_directly(tmp_path, cold, blocks_read):
+    data = blobs(SHAPE, "uint16", seed=12)
+    path = imwrite(tmp_path / "s.tif", data, **TIFF_LAYOUTS["striped-raw"])
+    s = zchunk.open(path, memory_limit="300KB")  # several blocks, several bands each
+    np.testing.assert_array_equal(s.data.compute(), data)
+    assert len(blocks_read) == len(s.data.to_delayed().ravel())
+    blocks_read.clear()
+    middle = zchunk.project(s, "median").data.compute()
+    np.testing.assert_array_equal(middle, np.median(data, axis=0).astype(data.dtype))
+    assert blocks_read, "the median's bands were not read with O_DIRECT"
+
+
+def test_blocks_of_short_plane_ranges_are_read_through_the_cache(
+    tmp_path, cold, blocks_read, monkeypatch
+):
+    data = blobs(SHAPE, "uint16", seed=13)
+    path = imwrite(tmp_path / "s.tif", data)
+    monkeypatch.setattr(_tiff, "DIRECT_MIN_BLOCK_READ", SHAPE[1] * SHAPE[2] * 2 + 1)
+    s = zchunk.open(path)
+    np.testing.assert_array_equal(s.data.compute(), data)
+    np.testing.assert_array_equal(
+        zchunk.project(s, "median").data.compute(), np.median(data, axis=0).astype(data.dtype)
+    )
+    assert not blocks_read
 
 
 def _refusing_direct(monkeypatch, name):

@@ -8,7 +8,10 @@ top of the filter's. On the 2-core test VM a Gaussian of a 32 GB stack to zarr s
 (``perf record``); the same run reading its planes with O_DIRECT spent 38 s there
 (``benchmarks/RESULTS.md``). With O_DIRECT the disk writes straight into the buffer, but a read
 waits for the disk (no readahead), so a reader thread reads the next planes into a ring of
-aligned buffers while the consumer works on the current one.
+aligned buffers while the consumer works on the current one. Whole blocks (a chunk, a median's
+block of bands) are read by the same reader and copied into place: their plane ranges are
+short (180 KiB for a 32 GB median's chunk), and through the page cache a 32 GB median spent 71 s
+in the kernel against 21 s of its own, with O_DIRECT 15 s.
 
 O_DIRECT needs the file offset, the length and the buffer aligned (:mod:`zchunk._direct`): a
 plane's byte range is read from the aligned offset below it to the aligned end above it (at
