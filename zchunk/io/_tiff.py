@@ -224,9 +224,8 @@ class _Planes:
 
         That is when each plane is one range of whole rows of `min_read` (default
         :data:`DIRECT_MIN_READ`) to half :data:`STREAM_AHEAD_BYTES` bytes (two are held at
-        once), a byte of them is not
-        in the page cache (a cached file is read fastest from the
-        cache), and the file system takes O_DIRECT (see :mod:`zchunk.io._direct`).
+        once), a byte of them is not in the page cache (a cached file is read fastest from
+        the cache), and the file system takes O_DIRECT (see :mod:`zchunk.io._direct`).
         """
         spec = self.spec
         if self.parts is None or spec.cols != (0, spec.width) or not DIRECT_READS:
@@ -354,8 +353,10 @@ DIRECT_MIN_READ = 256 * 2**10
 #: Smallest plane range of a whole block (:func:`read_block`, :func:`stream_bands`) read with
 #: O_DIRECT. Such blocks are read plane after plane in short ranges (a median's chunk of a
 #: 954 x 4096 x 4096 stack: 22 rows, 180 KiB per plane) that the page cache serves at a high
-#: kernel cost: on the 2-core test VM a 32 GB median spent 74 s of system time against 22 s
-#: of its own. 180 KiB O_DIRECT reads, one at a time, ran at 0.9 GB/s there.
+#: kernel cost: on the 2-core test VM a 32 GB median spent 71 s of system time against 23 s
+#: of its own, and 15 s against 29 s with O_DIRECT (40 s instead of 61). At 64 KiB per plane
+#: (a 384 MiB budget) O_DIRECT still ran 60 s against 64 s, with 66 CPU-s against 104
+#: (benchmarks/RESULTS.md); below that the reader's cost per range would dominate.
 DIRECT_MIN_BLOCK_READ = 64 * 2**10
 
 
