@@ -229,15 +229,6 @@ def case_imagej(p: dict[str, Any]) -> dict[str, Any]:
 CASES = {"raw": case_raw, "zchunk": case_zchunk, "daskimage": case_daskimage, "imagej": case_imagej}
 
 
-def drop_page_cache(path: Path) -> None:
-    """Cold cache: drop every clean page as root, else this file's pages."""
-    if os.geteuid() == 0:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    else:
-        h.drop_cache([path])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[100, 1024, 1024])
@@ -275,7 +266,7 @@ def main() -> None:
             # ImageJ's commands run on the stack in memory: timed warm only
             for temp in ["warm"] if child == "imagej" else temps:
                 if temp == "cold":
-                    drop_page_cache(path)
+                    h.drop_page_cache(path)
                 else:
                     h.raw_read([path])  # make sure it is all cached
                 r = h.run_child(script, child, {**base, **extra})

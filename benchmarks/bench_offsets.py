@@ -111,14 +111,6 @@ def case_max(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def drop(path: Path) -> None:
-    if os.geteuid() == 0:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    else:
-        h.drop_cache([path])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--planes", type=int, default=250, help="planes of 4096 x 4096 uint16")
@@ -145,11 +137,11 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for name, (path, offset) in files.items():
-                drop(path)
+                h.drop_page_cache(path)
                 raw = h.raw_read([path])
                 runs.setdefault(f"raw read, {name}", []).append(raw)
                 for direct in (True, False):
-                    drop(path)
+                    h.drop_page_cache(path)
                     params = {"path": str(path), "direct": direct, "shape": list(shape)}
                     r = h.run_child(script, "max", params)
                     r["offset"] = offset
