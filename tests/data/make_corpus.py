@@ -11,7 +11,7 @@ tifffile as the tools' inputs; the files the tests read are then written by:
 - ImageJ 1.53t (Debian's ``imagej``, run headless under ``xvfb-run``): hyperstacks and
   Z Project results;
 - ImageMagick ``convert``: a stack split into single-page files, a grey+alpha (2-sample) file;
-- libtiff ``tiffcp -c jpeg``: a JPEG-compressed 8-bit stack.
+- libtiff ``tiffcp``: a JPEG-compressed 8-bit stack, ImageJ's 16-bit stack in raw strips of 3 rows.
 
 The Micro-Manager-style files are bfconvert's ``%t`` output renamed to Micro-Manager's
 ``<name>_MMStack_Pos0.ome.tif``, ``<name>_MMStack_Pos0_1.ome.tif`` pattern, with the OME-XML
@@ -228,6 +228,9 @@ def make_tiffcp(work: Path) -> None:
     out = CORPUS / "tiffcp"
     out.mkdir()
     run("tiffcp", "-c", "jpeg", "-r", "8", str(work / "raw_uint8.tif"), str(out / "jpeg_uint8.tif"))
+    # ImageJ's uint16 stack restriped by libtiff: uncompressed strips of 3 rows
+    stack = CORPUS / "imagej" / "stack_uint16.tif"
+    run("tiffcp", "-c", "none", "-r", "3", str(stack), str(out / "striped_uint16.tif"))
 
 
 def manifest() -> None:

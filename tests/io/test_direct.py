@@ -209,6 +209,8 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
         "imagej/hyperstack_tzcyx.tif",
         "bfconvert_z/zsplit_Z0.ome.tif",  # Bio-Formats: one plane per file
         "mmstack/mm_MMStack_Pos0.ome.tif",  # Micro-Manager: split across two files
+        "tiffcp/striped_uint16.tif",  # libtiff: raw strips of 3 rows
+        "imagemagick_seq",  # ImageMagick: a folder of single-page files, pixels at byte 8
     ],
 )
 def test_files_of_other_tools_stream_the_same_planes_directly(cold, blocks_read, monkeypatch, name):
